@@ -1,0 +1,1 @@
+"""Built-in encoder plugins, registered through entry points (nothing registers on import)."""

@@ -1,0 +1,1 @@
+"""Built-in task plugins, registered through entry points (nothing registers on import)."""
