@@ -45,7 +45,7 @@ def default_home() -> Path:
 
 
 def resolve_home(home: str | os.PathLike | None = None) -> Path:
-    """Return the home directory: the argument, else ``$EMBENCH_HOME``, else :func:`default_home`."""
+    """The home directory: the argument, else ``$EMBENCH_HOME``, else the user cache dir."""
     if home is None:
         home = os.environ.get("EMBENCH_HOME") or default_home()
     return Path(home).expanduser().resolve()
@@ -167,7 +167,7 @@ def _json_default(obj: Any) -> Any:
 
 
 def fingerprint(*parts: Any) -> str:
-    """sha256 hex digest of JSON-serialisable parts (dict keys sorted), plus :data:`CODE_VERSION`."""
+    """sha256 of JSON-serialisable parts (keys sorted), plus :data:`CODE_VERSION`."""
     blob = json.dumps([CODE_VERSION, *parts], sort_keys=True, default=_json_default)
     return hashlib.sha256(blob.encode()).hexdigest()
 

