@@ -115,17 +115,20 @@ def list_plugins(what: str) -> None:
               help="Seed of data generation.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Directory holding already downloaded dataset files.")
+@click.option("--verify-data/--no-verify-data", default=True, show_default=True,
+              help="Check dataset files against the official checksums (turn off for subsets; "
+              "the record says so).")
 @home_option
 @handle_errors
 def data_command(task: str, preset: str, seed: int, data_dir: Path | None,
-                 home: Path | None) -> None:
+                 verify_data: bool, home: Path | None) -> None:
     """Prepare TASK's data (generate or verify it) without running anything else."""
     from embench.presets import get_preset
     from embench.progress import make_progress
     from embench.runner import prepare_task
     from embench.storage import resolve_home
 
-    options = {"data_dir": data_dir} if data_dir is not None else {}
+    options = _task_options(data_dir, verify_data)
     preset_obj = get_preset(preset)
     with make_progress(err_console) as progress:
         _, data = prepare_task(task, preset_obj, resolve_home(home), seed, options, progress)
@@ -155,12 +158,15 @@ def data_command(task: str, preset: str, seed: int, data_dir: Path | None,
               help="Extra encoder config, e.g. -o perceptual_weights=random. Repeatable.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Directory holding already downloaded dataset files.")
+@click.option("--verify-data/--no-verify-data", default=True, show_default=True,
+              help="Check dataset files against the official checksums (turn off for subsets; "
+              "the record says so).")
 @click.option("--retrain", is_flag=True, help="Train even if a checkpoint exists.")
 @home_option
 @handle_errors
 def run_command(encoder: str, task: str, preset: str, z: int | None, seed: int, device: str,
-                precision: str, options: tuple[str, ...], data_dir: Path | None, retrain: bool,
-                home: Path | None) -> None:
+                precision: str, options: tuple[str, ...], data_dir: Path | None,
+                verify_data: bool, retrain: bool, home: Path | None) -> None:
     """Train (or load) ENCODER, embed TASK once, search probes and write a result record."""
     from embench.progress import make_progress
     from embench.runner import RunConfig, run
@@ -168,10 +174,19 @@ def run_command(encoder: str, task: str, preset: str, z: int | None, seed: int, 
     config = RunConfig(
         encoder=encoder, task=task, preset=preset, z=z, seed=seed, device=device,
         precision=precision, home=home, encoder_options=_parse_options(options),
-        task_options={"data_dir": data_dir} if data_dir is not None else {}, retrain=retrain)
+        task_options=_task_options(data_dir, verify_data), retrain=retrain)
     with make_progress(err_console) as progress:
         outcome = run(config, progress=progress, log=progress.console.print)
     print_summary(outcome.record, outcome.record_path)
+
+
+def _task_options(data_dir: Path | None, verify_data: bool) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if data_dir is not None:
+        options["data_dir"] = data_dir
+    if not verify_data:
+        options["verify"] = False
+    return options
 
 
 def print_summary(record: dict[str, Any], path: Path) -> None:
@@ -202,6 +217,73 @@ def print_summary(record: dict[str, Any], path: Path) -> None:
 
 def _fmt_metric(name: str, value: float) -> str:
     return f"{100 * value:.1f}%" if name == "accuracy" else f"{value:.2f}"
+
+
+@main.command("leaderboard")
+@click.argument("directories", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("leaderboard"), show_default=True,
+              help="Where README.md and the plots are written.")
+@click.option("--check", is_flag=True, help="Only validate the records; exit 1 if any is bad.")
+@home_option
+@handle_errors
+def leaderboard_command(directories: tuple[Path, ...], out_dir: Path, check: bool,
+                        home: Path | None) -> None:
+    """Render the leaderboard from result records (default: EMBENCH_HOME/results)."""
+    from embench.errors import DataError
+    from embench.leaderboard import load_records, publish
+    from embench.storage import resolve_home
+
+    dirs = list(directories) or [resolve_home(home) / "results"]
+    loaded = load_records(dirs)
+    console = _console()
+    for problem in loaded.problems:
+        err_console.print(f"[red]bad record:[/red] {problem}", soft_wrap=True)
+    console.print(f"{len(loaded.records)} valid record(s), {loaded.duplicates} duplicate(s) "
+                  f"merged, {len(loaded.problems)} refused.")
+    if check:
+        if loaded.problems:
+            raise DataError(f"{len(loaded.problems)} record(s) failed the check (listed above).")
+        return
+    if not loaded.records:
+        raise DataError(f"No valid result records in {', '.join(map(str, dirs))}.",
+                        "Run `embench run` first or pass the directories that hold records.")
+    path = publish(loaded.records, out_dir)
+    console.print(f"leaderboard written to {path}")
+
+
+@main.command("reproduce")
+@click.option("--task", "-t", required=True)
+@preset_option
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--z", "z_sizes", type=click.IntRange(min=1), multiple=True,
+              help="z sizes (default: the preset's grid for the task). Repeatable.")
+@click.option("--encoders", default="ae,vae,p_ae,p_vae", show_default=True,
+              help="Comma-separated encoder names.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
+              show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("leaderboard"), show_default=True)
+@home_option
+@handle_errors
+def reproduce_command(task: str, preset: str, seeds: int, z_sizes: tuple[int, ...],
+                      encoders: str, device: str, precision: str, out_dir: Path,
+                      home: Path | None) -> None:
+    """Train and score the paper's encoders over the preset's z sizes; publish the board."""
+    from embench.progress import make_progress
+    from embench.runner import reproduce
+
+    names = tuple(e.strip() for e in encoders.split(",") if e.strip())
+    with make_progress(err_console) as progress:
+        outcomes, path = reproduce(task, preset, encoders=names, z_sizes=z_sizes or None,
+                                   seeds=seeds, home=home, device=device, precision=precision,
+                                   out_dir=out_dir, progress=progress,
+                                   log=progress.console.print)
+    for outcome in outcomes:
+        print_summary(outcome.record, outcome.record_path)
+    _console().print(f"leaderboard written to {path}")
 
 
 @main.group("weights")

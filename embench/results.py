@@ -26,6 +26,7 @@ REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
     "fingerprints": dict,
     "split_sizes": dict,
     "metric": dict,
+    "protocol": dict,
     "probes": dict,
     "test": dict,
     "timings": dict,

@@ -39,6 +39,7 @@ from embench.storage import (
     home_dir,
     resolve_home,
     safe_name,
+    write_json,
 )
 
 Log = Callable[[str], None]
@@ -264,6 +265,16 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
     }
     timings["probe_seconds"] = time.perf_counter() - start
 
+    protocol = {
+        "task": config.task,
+        "data": data.fingerprint,
+        "split_sizes": {name: sizes[name] for name in SPLITS if name in sizes},
+        "preset": {k: v for k, v in preset.to_dict().items() if k not in ("z_sizes", "name")},
+        "probe_grid": sorted(c["name"] for c in search.to_dict()["candidates"]),
+        "selection": "lowest validation MSE; best MLP and best linear scored on test",
+        "metric": {"name": task.metric_name, "direction": task.metric_direction},
+    }
+    protocol["fingerprint"] = fingerprint("protocol", protocol)
     record = {
         "schema_version": SCHEMA_VERSION,
         "embench_version": CODE_VERSION,
@@ -288,6 +299,7 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
         "data_info": data.info,
         "split_sizes": {name: sizes[name] for name in SPLITS if name in sizes},
         "metric": {"name": task.metric_name, "direction": task.metric_direction},
+        "protocol": protocol,
         "training": training,
         "probes": search.to_dict(),
         "test": test,
@@ -299,3 +311,36 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
     home_dir(home, "results")
     out = write_record(home, record)
     return RunOutcome(record, out, checkpoint_hit, cache_hit)
+
+
+def reproduce(
+    task: str, preset_name: str, *, encoders: tuple[str, ...] = ("ae", "vae", "p_ae", "p_vae"),
+    z_sizes: tuple[int, ...] | None = None, seeds: int = 1, home: Path | None = None,
+    device: str = "auto", precision: str = "fp32", out_dir: Path = Path("leaderboard"),
+    progress: Any = None, log: Log = lambda message: None,
+) -> tuple[list[RunOutcome], Path]:
+    """Run the paper's grid (encoders x z x seeds) on one task and publish the leaderboard.
+
+    Finished runs are reused (checkpoints, embeddings), so an interrupted reproduction resumes
+    where it stopped. The records are copied into ``out_dir/results/`` and the board is
+    rendered from every record there.
+
+    Returns:
+        The outcomes of the runs and the path of the rendered markdown.
+    """
+    from embench.leaderboard import load_records, publish
+
+    preset = get_preset(preset_name)
+    zs = z_sizes or preset.z_sizes.get(task, (preset.default_z(task),))
+    outcomes = []
+    jobs = [(e, z, s) for s in range(seeds) for z in zs for e in encoders]
+    for i, (encoder, z, seed) in enumerate(jobs, 1):
+        log(f"[{i}/{len(jobs)}] {encoder} z={z} seed={seed}")
+        outcome = run(RunConfig(encoder=encoder, task=task, preset=preset_name, z=z, seed=seed,
+                                device=device, precision=precision, home=home),
+                      progress=progress, log=log)
+        outcomes.append(outcome)
+        relative = outcome.record_path.relative_to(resolve_home(home) / "results")
+        write_json(out_dir / "results" / relative, outcome.record)
+    loaded = load_records([out_dir / "results"])
+    return outcomes, publish(loaded.records, out_dir)

@@ -1,0 +1,337 @@
+"""Records in, markdown out: the leaderboard in the paper's table layout.
+
+Per task and protocol: the MLP table and the linear table (rows: z sizes plus "Any"; columns:
+encoders), the paper's own numbers beside ours for the paper's encoders, the best cell of each
+row in bold, the trivial baseline, and provenance. Records of different protocols are never
+ranked in one table: they are grouped, and the board says so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embench.results import validate_record
+from embench.storage import CODE_VERSION, atomic_path, fingerprint
+
+#: The paper's Tables II-VII: PAPER[task][probe][encoder][z] (LunarLander in px, others as
+#: accuracy fractions).
+PAPER: dict[str, dict[str, dict[str, dict[int, float]]]] = {
+    "lunarlander": {
+        "mlp": {"ae": {32: 13.44, 64: 13.28, 128: 13.31, 256: 13.22},
+                "vae": {32: 12.70, 64: 13.22, 128: 13.31, 256: 13.28},
+                "p_ae": {32: 2.11, 64: 1.60, 128: 1.44, 256: 1.44},
+                "p_vae": {32: 1.28, 64: 1.15, 128: 1.15, 256: 1.28}},
+        "linear": {"ae": {32: 13.73, 64: 13.60, 128: 14.18, 256: 15.17},
+                   "vae": {32: 12.67, 64: 12.99, 128: 12.96, 256: 13.38},
+                   "p_ae": {32: 7.23, 64: 6.85, 128: 6.72, 256: 6.40},
+                   "p_vae": {32: 7.46, 64: 5.50, 128: 5.54, 256: 5.18}},
+    },
+    "stl10": {
+        "mlp": {"ae": {64: .385, 128: .390, 256: .415, 512: .450},
+                "vae": {64: .419, 128: .424, 256: .389, 512: .392},
+                "p_ae": {64: .614, 128: .626, 256: .634, 512: .633},
+                "p_vae": {64: .634, 128: .623, 256: .648, 512: .644}},
+        "linear": {"ae": {64: .346, 128: .354, 256: .402, 512: .444},
+                   "vae": {64: .368, 128: .397, 256: .436, 512: .459},
+                   "p_ae": {64: .563, 128: .597, 256: .595, 512: .601},
+                   "p_vae": {64: .581, 128: .574, 256: .637, 512: .649}},
+    },
+    "svhn": {
+        "mlp": {"ae": {32: .765, 64: .815, 128: .819}, "vae": {32: .768, 64: .818, 128: .827},
+                "p_ae": {32: .770, 64: .822, 128: .840}, "p_vae": {32: .696, 64: .768, 128: .812}},
+        "linear": {"ae": {32: .255, 64: .248, 128: .293}, "vae": {32: .320, 64: .412, 128: .475},
+                   "p_ae": {32: .616, 64: .672, 128: .706},
+                   "p_vae": {32: .589, 64: .663, 128: .712}},
+    },
+}
+PAPER_ENCODERS = ("ae", "vae", "p_ae", "p_vae")
+ENCODER_LABELS = {"ae": "AE", "vae": "VAE", "p_ae": "P. AE", "p_vae": "P. VAE", "pca": "PCA"}
+
+# Two-sided 95% Student-t quantiles by degrees of freedom (1..30); normal beyond.
+_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+        2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+def protocol_of(record: dict[str, Any]) -> str:
+    """The record's protocol fingerprint (stored, or derived for older records)."""
+    return record.get("protocol", {}).get("fingerprint") or fingerprint(
+        "protocol", record["task"], record["fingerprints"]["data"],
+        record.get("preset_config", {}), record["metric"])
+
+
+@dataclass
+class LoadedRecords:
+    """Valid, de-duplicated records and the problems found in the rest."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    duplicates: int = 0
+
+
+def check_consistency(record: dict[str, Any]) -> list[str]:
+    """Problems where the record's fields disagree with its own fingerprints."""
+    problems = []
+    config = record.get("encoder_config", {})
+    if "z_dim" in config and config["z_dim"] != record["z_dim"]:
+        problems.append(f"z_dim {record['z_dim']} disagrees with encoder_config.z_dim "
+                        f"{config['z_dim']}")
+    spec = record.get("encoder_spec")
+    if spec is not None and record["embench_version"] == CODE_VERSION:
+        train = fingerprint("train", spec, config, record["fingerprints"]["data"])
+        if train != record["fingerprints"].get("train"):
+            problems.append("fingerprints.train does not match encoder_config and the data "
+                            "fingerprint (edited config?)")
+    protocol = record.get("protocol")
+    if isinstance(protocol, dict) and "fingerprint" in protocol:
+        fields = {k: v for k, v in protocol.items() if k != "fingerprint"}
+        if fingerprint("protocol", fields) != protocol["fingerprint"]:
+            problems.append("protocol fingerprint does not match its fields")
+    if record.get("task") in PAPER and record["metric"].get("name") == "accuracy":
+        for key in ("mlp", "linear", "baseline"):
+            if not 0 <= record["test"][key] <= 1:
+                problems.append(f"test.{key} accuracy {record['test'][key]} outside [0, 1]")
+    return problems
+
+
+def load_records(directories: list[Path]) -> LoadedRecords:
+    """Read every ``*.json`` record under the directories, validating and merging duplicates.
+
+    A record seen twice (same run fingerprint, which includes the seed) counts once.
+    """
+    out = LoadedRecords()
+    seen: set[str] = set()
+    for directory in directories:
+        files = [directory] if directory.is_file() else sorted(directory.rglob("*.json"))
+        for path in files:
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                out.problems.append(f"{path}: not valid JSON ({exc})")
+                continue
+            problems = validate_record(record)
+            if not problems:
+                problems = check_consistency(record)
+            if problems:
+                out.problems.append(f"{path}: {'; '.join(problems)}")
+                continue
+            key = f"{record['fingerprints']['run']}:{record['seed']}"
+            if key in seen:
+                out.duplicates += 1
+                continue
+            seen.add(key)
+            out.records.append(record)
+            out.paths.append(path)
+    return out
+
+
+def mean_ci(values: list[float]) -> tuple[float, float | None]:
+    """Mean and half-width of the 95% confidence interval (``None`` for one value)."""
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return mean, None
+    sem = float(np.std(values, ddof=1)) / math.sqrt(len(values))
+    t = _T95[len(values) - 2] if len(values) - 1 <= len(_T95) else 1.96
+    return mean, t * sem
+
+
+def _fmt(metric: str, value: float, ci: float | None = None) -> str:
+    if metric == "accuracy":
+        text = f"{100 * value:.1f}%"
+        return text + (f" ± {100 * ci:.1f}" if ci is not None else "")
+    return f"{value:.2f}" + (f" ± {ci:.2f}" if ci is not None else "")
+
+
+@dataclass
+class Group:
+    """The records of one task under one protocol."""
+
+    task: str
+    protocol: str
+    records: list[dict[str, Any]]
+
+    @property
+    def metric(self) -> dict[str, str]:
+        """The task's metric name and direction."""
+        return self.records[0]["metric"]
+
+    def encoders(self) -> list[str]:
+        """Paper encoders first, in the paper's order, then the others alphabetically."""
+        names = {r["encoder"] for r in self.records}
+        return [e for e in PAPER_ENCODERS if e in names] + sorted(names - set(PAPER_ENCODERS))
+
+    def cells(self, probe: str) -> dict[tuple[str, int], list[float]]:
+        """Test metric values per (encoder, z), one per seed."""
+        cells: dict[tuple[str, int], list[float]] = defaultdict(list)
+        for r in self.records:
+            cells[(r["encoder"], r["z_dim"])].append(float(r["test"][probe]))
+        return cells
+
+
+def group_records(records: list[dict[str, Any]]) -> list[Group]:
+    """Group records by (task, protocol), in a stable order."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        groups[(record["task"], protocol_of(record))].append(record)
+    return [Group(task, proto, recs) for (task, proto), recs in sorted(groups.items())]
+
+
+def render_table(group: Group, probe: str) -> str:
+    """One table in the paper's layout (rows: z sizes + Any; columns: encoders)."""
+    metric = group.metric["name"]
+    lower = group.metric["direction"] == "lower"
+    encoders = group.encoders()
+    cells = group.cells(probe)
+    zs = sorted({z for (_, z) in cells})
+    paper = PAPER.get(group.task, {}).get(probe, {})
+    header = ["z size", *(ENCODER_LABELS.get(e, e) for e in encoders)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    best_any: dict[str, float] = {}
+    for z in [*zs, "Any"]:
+        row_values: dict[str, tuple[float, float | None, int]] = {}
+        for e in encoders:
+            if z == "Any":
+                per_z = [mean_ci(cells[(e, zz)])[0] for zz in zs if (e, zz) in cells]
+                if per_z:
+                    best_any[e] = min(per_z) if lower else max(per_z)
+                    row_values[e] = (best_any[e], None, 0)
+            elif (e, z) in cells:
+                mean, ci = mean_ci(cells[(e, z)])
+                row_values[e] = (mean, ci, len(cells[(e, z)]))
+        best = (min if lower else max)((v[0] for v in row_values.values()), default=None)
+        row = [f"**{z}**" if z == "Any" else str(z)]
+        for e in encoders:
+            if e not in row_values:
+                row.append("–")
+                continue
+            mean, ci, _ = row_values[e]
+            text = _fmt(metric, mean, ci)
+            if best is not None and mean == best:
+                text = f"**{text}**"
+            ref = _paper_value(paper, e, z)
+            if ref is not None:
+                text += f" (paper {_fmt(metric, ref)})"
+            row.append(text)
+        lines.append("| " + " | ".join(row) + " |")
+    baseline = [float(r["test"]["baseline"]) for r in group.records]
+    lines.append(f"| trivial baseline | {_fmt(metric, float(np.mean(baseline)))} "
+                 f"(predict the probe-train mean / majority class) |" + " |" * (len(encoders) - 1))
+    return "\n".join(lines)
+
+
+def _paper_value(paper: dict[str, dict[int, float]], encoder: str, z: Any) -> float | None:
+    values = paper.get(encoder)
+    if not values:
+        return None
+    if z == "Any":
+        return None
+    return values.get(z)
+
+
+def _provenance(group: Group) -> str:
+    recs = group.records
+    presets = sorted({r["preset"] for r in recs})
+    devices = sorted({r.get("device", "?") for r in recs})
+    versions = sorted({r["embench_version"] for r in recs})
+    dates = sorted(r["created"][:10] for r in recs)
+    seeds = sorted({r["seed"] for r in recs})
+    sizes = recs[0]["split_sizes"]
+    split_text = ", ".join(f"{k} {v:,}" for k, v in sizes.items())
+    return (f"Protocol `{group.protocol[:12]}` · preset {', '.join(presets)} · device "
+            f"{', '.join(devices)} · {', '.join(versions)} · {dates[0]}"
+            f"{' to ' + dates[-1] if dates[-1] != dates[0] else ''} · {len(seeds)} seed(s) "
+            f"({', '.join(map(str, seeds))}) · {len(recs)} run(s) · splits: {split_text}")
+
+
+def render_markdown(records: list[dict[str, Any]], plots: dict[str, str] | None = None,
+                    title: str = "embench leaderboard") -> str:
+    """The whole board as markdown."""
+    plots = plots or {}
+    groups = group_records(records)
+    out = [f"# {title}", "",
+           "Generated by `embench leaderboard` from the result records in `results/`; do not "
+           "edit by hand. Cells: mean over seeds (± 95% CI when there are several seeds); the "
+           "best cell of each row in **bold**; the paper's number in parentheses for its "
+           "encoders (Pihlgren et al., IJCNN 2020, Tables II–VII)."]
+    by_task: dict[str, list[Group]] = defaultdict(list)
+    for g in groups:
+        by_task[g.task].append(g)
+    for task, task_groups in sorted(by_task.items()):
+        out += ["", f"## {task}"]
+        if len(task_groups) > 1:
+            out += ["", f"{len(task_groups)} protocols were found for this task (different "
+                    "presets, data or metric); they are shown separately and never ranked "
+                    "against each other."]
+        for g in task_groups:
+            metric = g.metric
+            direction = "lower is better" if metric["direction"] == "lower" else \
+                "higher is better"
+            out += ["", f"_{_provenance(g)}_"]
+            for probe, label in (("mlp", "MLPs"), ("linear", "linear regressors")):
+                out += ["", f"**Test {metric['name']} ({direction}) for the {label} with the "
+                        "lowest validation loss**", "", render_table(g, probe)]
+            if task in plots:
+                out += ["", f"![{task}: test metric vs z]({plots[task]})"]
+            grids = _recon_links(g)
+            if grids:
+                out += ["", "Reconstructions (original / before / after decoder retraining): "
+                        + ", ".join(grids)]
+    return "\n".join(out) + "\n"
+
+
+def _recon_links(group: Group) -> list[str]:
+    links = []
+    for r in sorted(group.records, key=lambda r: (r["encoder"], r["z_dim"], r["seed"])):
+        grid = r.get("reconstruction", {}).get("grid")
+        if grid:
+            links.append(f"[{r['encoder']} z={r['z_dim']}]({grid})")
+    return links
+
+
+def render_plots(records: list[dict[str, Any]], out_dir: Path) -> dict[str, str]:
+    """One PNG per task: MLP test metric vs z, one line per encoder. Returns task -> file name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = {}
+    for group in group_records(records):
+        if group.task in plots:
+            continue  # one plot per task: the first protocol group
+        fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+        cells = group.cells("mlp")
+        for encoder in group.encoders():
+            zs = sorted(z for (e, z) in cells if e == encoder)
+            means = [mean_ci(cells[(encoder, z)])[0] for z in zs]
+            ax.plot(zs, means, marker="o", label=ENCODER_LABELS.get(encoder, encoder))
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("z size")
+        ax.set_ylabel(f"test {group.metric['name']} (best MLP)")
+        ax.set_title(group.task)
+        ax.legend()
+        fig.tight_layout()
+        name = f"{group.task}.png"
+        with atomic_path(out_dir / name) as tmp:
+            fig.savefig(tmp, format="png")
+        plt.close(fig)
+        plots[group.task] = name
+    return plots
+
+
+def publish(records: list[dict[str, Any]], out_dir: Path, plots: bool = True) -> Path:
+    """Write ``out_dir/README.md`` (and the plots) for the records; return the markdown path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_files = render_plots(records, out_dir) if plots else {}
+    path = out_dir / "README.md"
+    with atomic_path(path) as tmp:
+        tmp.write_text(render_markdown(records, plot_files))
+    return path

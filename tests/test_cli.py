@@ -1,0 +1,87 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from embench.cli import main
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def _one_line_error(result, *needles):
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+    return lines[0]
+
+
+def test_list_shows_builtins_with_distribution(runner):
+    result = runner.invoke(main, ["list"])
+    assert result.exit_code == 0, result.output
+    for name in ("pca", "p_vae", "lunarlander", "embench"):
+        assert name in result.output
+
+
+def test_unknown_encoder_is_one_clear_line(runner):
+    result = runner.invoke(main, ["run", "--encoder", "nope", "--task", "lunarlander",
+                                  "--preset", "smoke"])
+    _one_line_error(result, "Unknown encoder 'nope'", "Available:", "pca")
+
+
+def test_unknown_task_and_preset(runner):
+    result = runner.invoke(main, ["run", "-e", "pca", "-t", "lunarlandr", "--preset", "smoke"])
+    _one_line_error(result, "Did you mean 'lunarlander'?")
+    result = runner.invoke(main, ["run", "-e", "pca", "-t", "lunarlander", "--preset", "fast"])
+    _one_line_error(result, "Unknown preset 'fast'", "smoke")
+
+
+@pytest.mark.parametrize("z", ["0", "-3", "abc"])
+def test_invalid_z_is_refused_by_click(runner, z):
+    result = runner.invoke(main, ["run", "-e", "pca", "-t", "lunarlander", "--z", z])
+    assert result.exit_code == 2 and "--z" in result.output and "Traceback" not in result.output
+
+
+def test_smoke_run_twice_reuses_checkpoint_and_embeddings(runner, tmp_path, monkeypatch):
+    from embench.encoders.pca import PCAEncoder
+
+    calls = {"encode": 0}
+    real_encode = PCAEncoder.encode
+
+    def counting_encode(self, images):
+        calls["encode"] += 1
+        return real_encode(self, images)
+
+    monkeypatch.setattr(PCAEncoder, "encode", counting_encode)
+    args = ["run", "-e", "pca", "-t", "lunarlander", "--preset", "smoke", "--home",
+            str(tmp_path)]
+    first = runner.invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert calls["encode"] > 0
+    assert "best MLP" in first.output and "best linear" in first.output
+    assert "error_px" in first.output
+    calls["encode"] = 0
+    second = runner.invoke(main, args)
+    assert second.exit_code == 0, second.output
+    assert calls["encode"] == 0
+    assert "embedding cache hit" in second.output and "checkpoint hit" in second.output
+    records = list((tmp_path / "results" / "lunarlander").glob("*.json"))
+    assert len(records) == 1  # the same run, the same record
+    record = json.loads(records[0].read_text())
+    assert record["cache"] == {"checkpoint_hit": True, "embedding_cache_hit": True}
+    assert record["test"]["mlp"] >= 0 and record["test"]["baseline"] > 0
+    assert record["split_sizes"]["test"] > 0
+    assert len(record["probes"]["candidates"]) == 19
+
+
+def test_data_command_prepares_task(runner, tmp_path):
+    result = runner.invoke(main, ["data", "lunarlander", "--preset", "smoke", "--home",
+                                  str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "probe_train" in result.output
+    assert list((tmp_path / "datasets").rglob("*.h5"))
