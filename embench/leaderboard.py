@@ -216,7 +216,7 @@ def render_table(group: Group, probe: str) -> str:
             text = _fmt(metric, mean, ci)
             if best is not None and mean == best:
                 text = f"**{text}**"
-            ref = _paper_value(paper, e, z)
+            ref = _paper_value(paper, e, z, lower)
             if ref is not None:
                 text += f" (paper {_fmt(metric, ref)})"
             row.append(text)
@@ -227,12 +227,13 @@ def render_table(group: Group, probe: str) -> str:
     return "\n".join(lines)
 
 
-def _paper_value(paper: dict[str, dict[int, float]], encoder: str, z: Any) -> float | None:
+def _paper_value(paper: dict[str, dict[int, float]], encoder: str, z: Any,
+                 lower: bool) -> float | None:
     values = paper.get(encoder)
     if not values:
         return None
-    if z == "Any":
-        return None
+    if z == "Any":  # the paper's "Any" row is the best over its z sizes
+        return (min if lower else max)(values.values())
     return values.get(z)
 
 
