@@ -200,9 +200,10 @@ def print_summary(record: dict[str, Any], path: Path) -> None:
     table.add_column("val loss", justify="right")
     table.add_column(f"test {metric['name']} ({arrow})", justify="right")
     probes = record["probes"]
+    val_loss = {c["name"]: c["val_loss"] for c in probes["candidates"]}
     for label, key in (("best MLP", "mlp"), ("best linear", "linear")):
         chosen = probes[f"best_{key}"]
-        table.add_row(label, chosen["name"], f"{chosen['val_loss']:.5f}",
+        table.add_row(label, chosen, f"{val_loss[chosen]:.5f}",
                       _fmt_metric(metric["name"], record["test"][key]))
     table.add_row("trivial baseline", "train mean / majority", "",
                   _fmt_metric(metric["name"], record["test"]["baseline"]))
@@ -284,6 +285,38 @@ def reproduce_command(task: str, preset: str, seeds: int, z_sizes: tuple[int, ..
     for outcome in outcomes:
         print_summary(outcome.record, outcome.record_path)
     _console().print(f"leaderboard written to {path}")
+
+
+@main.command("verify")
+@click.argument("record_path", type=click.Path(path_type=Path))
+@click.option("--full", is_flag=True, help="Rerun the whole run in a fresh temporary home.")
+@click.option("--tolerance", type=float, default=None,
+              help="Largest allowed difference per metric (default 1e-6; 0.05 with --full).")
+@home_option
+@handle_errors
+def verify_command(record_path: Path, full: bool, tolerance: float | None,
+                   home: Path | None) -> None:
+    """Rerun RECORD's probe search from the cached embeddings and compare the metrics."""
+    from embench.progress import make_progress
+    from embench.results import load_record
+    from embench.runner import verify_record
+
+    record = load_record(record_path)
+    tol = tolerance if tolerance is not None else (0.05 if full else 1e-6)
+    with make_progress(err_console) as progress:
+        result = verify_record(record, home=home, full=full, tolerance=tol, progress=progress,
+                               log=progress.console.print)
+    table = Table(title=f"verify {record_path.name} ({result.mode}, tolerance {tol:g})",
+                  title_justify="left")
+    for column in ("metric", "stored", "recomputed", "difference"):
+        table.add_column(column, justify="right")
+    for key, value in result.stored.items():
+        table.add_row(key, f"{value:.6f}", f"{result.recomputed[key]:.6f}",
+                      f"{abs(value - result.recomputed[key]):.2e}")
+    _console().print(table)
+    if not result.matches:
+        _fail("the recomputed metrics differ from the record beyond the tolerance.", 1)
+    _console().print("[green]match[/green]: the record reproduces.")
 
 
 @main.group("weights")

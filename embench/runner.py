@@ -344,3 +344,79 @@ def reproduce(
         write_json(out_dir / "results" / relative, outcome.record)
     loaded = load_records([out_dir / "results"])
     return outcomes, publish(loaded.records, out_dir)
+
+
+@dataclass
+class Verification:
+    """The outcome of :func:`verify_record`: stored vs recomputed test metrics."""
+
+    stored: dict[str, float]
+    recomputed: dict[str, float]
+    tolerance: float
+    mode: str
+
+    @property
+    def matches(self) -> bool:
+        """True when every metric agrees within the tolerance."""
+        return all(abs(self.stored[k] - self.recomputed[k]) <= self.tolerance
+                   for k in self.stored)
+
+
+def verify_record(
+    record: dict[str, Any], *, home: Path | None = None, full: bool = False,
+    tolerance: float = 1e-6, progress: Any = None, log: Log = lambda message: None,
+) -> Verification:
+    """Rerun a record's probe search from the cached embeddings (or, ``full``, the whole run).
+
+    The probe search is deterministic on CPU for a given seed, so the default tolerance is
+    tight; a full rerun in a fresh temporary home retrains the encoder too.
+
+    Raises:
+        DataError: the record's embedding cache is gone (rerun with ``full``).
+    """
+    import tempfile
+
+    from embench.errors import DataError
+    from embench.probes import search_probes
+
+    stored = {k: float(record["test"][k]) for k in ("mlp", "linear", "baseline")}
+    if full:
+        packaged = record.get("encoder_distribution") != "(not packaged)"
+        encoder = record["encoder"] if packaged else record["encoder_spec"]
+        factory = get_plugin("encoder", encoder).load()
+        hint_keys = {"z_dim", "seed", "max_epochs", "batch_size", "device", "precision", "home"}
+        options = {k: v for k, v in record["encoder_config"].items()
+                   if k not in hint_keys and k in inspect.signature(factory).parameters}
+        with tempfile.TemporaryDirectory(prefix="embench-verify-") as tmp:
+            outcome = run(RunConfig(
+                encoder=encoder, encoder_options=options, task=record["task"], preset=record["preset"], z=record["z_dim"],
+                seed=record["seed"], data_seed=record.get("data_seed", 0),
+                device=record.get("device", "cpu"), precision=record.get("precision", "fp32"),
+                home=Path(tmp)), progress=progress, log=log)
+        return Verification(stored, {k: float(outcome.record["test"][k]) for k in stored},
+                            tolerance, "full")
+    home = resolve_home(home)
+    key = record["fingerprints"]["embeddings"]
+    path = cache_path(home, record["encoder"], record["task"], key)
+    cached = read_cache(path, key, record["split_sizes"])
+    if cached is None:
+        raise DataError(f"The embedding cache of this record ({path}) is not in {home}.",
+                        "Use --home with the run's home, or --full to rerun everything.")
+    task = load_task(record["task"])
+    settings = record["probes"].get("settings", {})
+    X = {name: cached[name]["embeddings"] for name in (PROBE_TRAIN, PROBE_VAL, TEST)}
+    y = {name: cached[name]["labels"] for name in (PROBE_TRAIN, PROBE_VAL, TEST)}
+    preset = record.get("preset_config", {})
+    search = search_probes(
+        X[PROBE_TRAIN], y[PROBE_TRAIN], X[PROBE_VAL], y[PROBE_VAL], kind=task.kind,
+        max_epochs=settings.get("max_epochs", preset.get("probe_epochs", 500)),
+        batch_size=settings.get("batch_size", preset.get("batch_size", 512)),
+        seed=record["seed"], device=resolve_device(record.get("device", "cpu")),
+        progress=progress)
+    recomputed = {
+        "mlp": float(task.score(y[TEST], search.best_mlp.predict(X[TEST]))),
+        "linear": float(task.score(y[TEST], search.best_linear.predict(X[TEST]))),
+        "baseline": float(task.score(
+            y[TEST], _baseline_prediction(task.kind, y[PROBE_TRAIN], len(y[TEST])))),
+    }
+    return Verification(stored, recomputed, tolerance, "probes")
