@@ -389,7 +389,8 @@ def verify_record(
                    if k not in hint_keys and k in inspect.signature(factory).parameters}
         with tempfile.TemporaryDirectory(prefix="embench-verify-") as tmp:
             outcome = run(RunConfig(
-                encoder=encoder, encoder_options=options, task=record["task"], preset=record["preset"], z=record["z_dim"],
+                encoder=encoder, encoder_options=options, task=record["task"],
+                preset=record["preset"], z=record["z_dim"],
                 seed=record["seed"], data_seed=record.get("data_seed", 0),
                 device=record.get("device", "cpu"), precision=record.get("precision", "fp32"),
                 home=Path(tmp)), progress=progress, log=log)
