@@ -6,20 +6,12 @@ import os
 import shutil
 import sys
 
-import embench.tasks.lunarlander as lunarlander
 import h5py
 import numpy as np
 import pytest
-from embench.tasks.lunarlander import (
-    LunarLanderTask,
-    RolloutJob,
-    assign_splits,
-    collect_rollout,
-    onscreen_mask,
-    rollout_seeds,
-)
 from rich.progress import Progress
 
+import embench.tasks.lunarlander as lunarlander
 from embench.errors import ConfigError, DataError
 from embench.presets import Preset
 from embench.protocols import (
@@ -30,6 +22,14 @@ from embench.protocols import (
     SPLITS,
     TEST,
     Task,
+)
+from embench.tasks.lunarlander import (
+    LunarLanderTask,
+    RolloutJob,
+    assign_splits,
+    collect_rollout,
+    onscreen_mask,
+    rollout_seeds,
 )
 from embench.testing import check_task, check_task_data
 
