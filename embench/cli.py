@@ -35,8 +35,10 @@ def handle_errors(func: Any) -> Any:
         debug = bool(click.get_current_context().find_root().params.get("debug"))
         try:
             with warnings.catch_warnings():
+                # embench's own warnings (a cache recomputed, ...) as one line each; library
+                # deprecation noise stays hidden unless --debug.
+                warnings.simplefilter("ignore", DeprecationWarning)
                 if not debug:
-                    warnings.simplefilter("default")
                     warnings.showwarning = _show_warning
                 return func(*args, **kwargs)
         except EmbenchError as exc:
