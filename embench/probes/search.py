@@ -1,0 +1,616 @@
+"""The paper's probe search: a linear probe plus a grid of MLPs, all MLPs trained as one batch.
+
+Every MLP of the grid trains at once. MLPs that share a first hidden width and an activation
+form a *family*: their weights are stacked along a leading probe axis, zero-padded to the
+family's widest layer, and each layer is one batched matrix product (``baddbmm``) over that
+axis. The input rows of every layer after the first are multiplied by a 0/1 mask of the
+probe's real fan-in, so padded units carry no signal and their weights get exactly zero
+gradient (and so never move from 0 under Adam). One loss, the *sum* over probes of each
+probe's own mean squared error, gives every probe exactly the gradient it would get alone;
+Adam is element-wise, so each probe's update is its solo update. All probes see the same
+mini-batches in the same order: one forward, one backward, one Adam step per batch.
+
+Each probe early-stops on its own: when it runs out of patience it leaves its stacks (which
+shrink, so finished probes cost nothing) and keeps its best-validation weights. A probe
+trained here with seed ``s`` reproduces ``MLPProbe(..., seed=s)`` trained alone up to float
+rounding (same initialisation draws, same batch order, same Adam arithmetic).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.utils.validation import check_array
+
+from embench.errors import ConfigError
+from embench.probes.estimators import (
+    ACTIVATIONS,
+    LinearProbe,
+    MLPFit,
+    MLPProbe,
+    check_mlp_config,
+    epoch_order,
+    init_linear,
+    resolve_device,
+    seed_streams,
+    squared_error_sum,
+)
+from embench.probes.metrics import check_kind
+from embench.progress import stage
+from embench.protocols import patience_for
+
+#: Hidden layer shapes of the paper: 1 or 2 layers of 32, 64 or 128 units, second <= first.
+PAPER_HIDDEN = tuple(
+    [(width,) for width in (32, 64, 128)]
+    + [(first, second) for first in (32, 64, 128) for second in (32, 64, 128) if second <= first]
+)
+
+_ADAM_BETAS = (0.9, 0.999)
+_ADAM_EPS = 1e-8
+
+
+def probe_grid(kind: str) -> list[dict[str, Any]]:
+    """The paper's MLP grid for a task kind: 18 MLPs for regression, 36 for classification.
+
+    Args:
+        kind: ``"regression"`` or ``"classification"`` (only the latter adds softmax outputs).
+
+    Returns:
+        One dict per MLP with keys ``hidden``, ``activation`` and ``output``.
+
+    Raises:
+        ConfigError: for an unknown kind.
+    """
+    check_kind(kind, "probe_grid")
+    outputs = ("none", "softmax") if kind == "classification" else ("none",)
+    return [
+        {"hidden": hidden, "activation": activation, "output": output}
+        for hidden in PAPER_HIDDEN
+        for activation in ACTIVATIONS
+        for output in outputs
+    ]
+
+
+def mlp_name(hidden: tuple[int, ...], activation: str, output: str) -> str:
+    """A name that carries the configuration, e.g. ``mlp-128x64-relu-none``."""
+    return f"mlp-{'x'.join(str(h) for h in hidden)}-{activation}-{output}"
+
+
+@dataclass
+class SearchResult:
+    """Every candidate of a probe search, fitted, and the winners by validation loss.
+
+    Attributes:
+        kind: the task kind.
+        candidates: one dict per probe, linear first: ``name``, ``family`` (``"linear"`` or
+            ``"mlp"``), ``params``, ``val_loss`` (MSE on the (one-hot) validation targets over
+            all samples and target dims), ``epochs_run`` and ``best_epoch`` (both 0 for the
+            closed-form linear probe).
+        estimators: every candidate's fitted probe, by name (``predict`` works on each).
+        settings: the training settings shared by all MLPs.
+    """
+
+    kind: str
+    candidates: list[dict[str, Any]]
+    estimators: dict[str, LinearProbe | MLPProbe]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def _best_of(self, family: str | None) -> str:
+        entries = [c for c in self.candidates if family is None or c["family"] == family]
+        return _lowest_loss(entries)["name"]
+
+    @property
+    def best_name(self) -> str:
+        """Name of the candidate with the lowest validation loss overall."""
+        return self._best_of(None)
+
+    @property
+    def best(self) -> LinearProbe | MLPProbe:
+        """The fitted probe with the lowest validation loss overall (the one the paper tests)."""
+        return self.estimators[self.best_name]
+
+    @property
+    def best_mlp_name(self) -> str:
+        """Name of the MLP with the lowest validation loss."""
+        return self._best_of("mlp")
+
+    @property
+    def best_mlp(self) -> MLPProbe:
+        """The fitted MLP with the lowest validation loss (Tables II-IV of the paper)."""
+        return self.estimators[self.best_mlp_name]  # type: ignore[return-value]
+
+    @property
+    def best_linear_name(self) -> str:
+        """Name of the best linear probe (there is one: ``"linear"``)."""
+        return self._best_of("linear")
+
+    @property
+    def best_linear(self) -> LinearProbe:
+        """The fitted linear probe (Tables V-VII of the paper)."""
+        return self.estimators[self.best_linear_name]  # type: ignore[return-value]
+
+    def candidate(self, name: str) -> dict[str, Any]:
+        """The candidate entry called ``name``.
+
+        Raises:
+            KeyError: if there is none.
+        """
+        for entry in self.candidates:
+            if entry["name"] == name:
+                return entry
+        raise KeyError(f"No candidate named {name!r}; have {[c['name'] for c in self.candidates]}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary: settings, every candidate, and the names of the winners."""
+        return {
+            "kind": self.kind,
+            "settings": dict(self.settings),
+            "candidates": [dict(entry) for entry in self.candidates],
+            "best": self.best_name,
+            "best_mlp": self.best_mlp_name,
+            "best_linear": self.best_linear_name,
+        }
+
+
+def _lowest_loss(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The entry with the lowest ``val_loss`` (NaN counts as worst; ties keep the first)."""
+    return min(entries, key=lambda e: math.inf if math.isnan(e["val_loss"]) else e["val_loss"])
+
+
+def search_probes(
+    X_train: Any,
+    y_train: Any,
+    X_val: Any,
+    y_val: Any,
+    *,
+    kind: str,
+    max_epochs: int = 500,
+    batch_size: int = 512,
+    lr: float = 1e-3,
+    patience: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    grid: list[dict[str, Any]] | None = None,
+    progress: Any = None,
+) -> SearchResult:
+    """Fit the linear probe and train every MLP of the grid together; select on validation MSE.
+
+    Args:
+        X_train: ``(N, D)`` probe-train embeddings.
+        y_train: ``(N,)``/``(N, k)`` targets (regression) or ``(N,)`` labels (classification).
+        X_val: ``(M, D)`` probe-validation embeddings (early stopping and selection).
+        y_val: their targets or labels.
+        kind: ``"regression"`` or ``"classification"``.
+        max_epochs: most epochs per MLP.
+        batch_size: mini-batch size.
+        lr: Adam learning rate.
+        patience: early-stopping patience; ``None`` means ``max(10, ceil(max_epochs / 20))``.
+        seed: seeds initialisation and batch order (every MLP gets this seed, so each one
+            equals ``MLPProbe(..., seed=seed)`` trained alone).
+        device: torch device for the MLPs.
+        grid: MLP configurations (dicts with ``hidden``, ``activation``, ``output``);
+            defaults to :func:`probe_grid` of ``kind``.
+        progress: optional :class:`rich.progress.Progress` for a "probe search" bar.
+
+    Returns:
+        A :class:`SearchResult`: every candidate, fitted, and the best MLP and linear probe.
+
+    Raises:
+        ConfigError: for an unknown kind, an invalid grid entry or an unavailable device.
+        ValueError: for malformed or non-finite data.
+
+    Example:
+        >>> result = search_probes(Xtr, ytr, Xva, yva, kind="regression", max_epochs=50)
+        >>> result.best_mlp.predict(Xte)  # doctest: +SKIP
+    """
+    check_kind(kind, "search_probes")
+    grid = probe_grid(kind) if grid is None else list(grid)
+    if not grid:
+        raise ConfigError("search_probes got an empty grid.", "Pass None for the paper's grid.")
+    names = [mlp_name(tuple(e["hidden"]), e["activation"], e["output"]) for e in grid]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(
+            f"search_probes got a grid that repeats {repeated}.", "List each configuration once."
+        )
+    for entry in grid:
+        check_mlp_config(
+            entry["hidden"], entry["activation"], entry["output"], kind, owner="search_probes"
+        )
+    torch_device = resolve_device(device)
+    patience_epochs = patience_for(max_epochs) if patience is None else int(patience)
+
+    X_train = check_array(X_train, dtype=np.float32)
+    X_val = check_array(X_val, dtype=np.float32)
+    if X_val.shape[1] != X_train.shape[1]:
+        raise ValueError(
+            f"X_val has {X_val.shape[1]} features, but X_train has {X_train.shape[1]}."
+        )
+    linear = LinearProbe(kind=kind)
+    if kind == "classification":
+        classes = np.unique(
+            np.concatenate([np.asarray(y_train).ravel(), np.asarray(y_val).ravel()])
+        )
+        linear.fit(X_train, y_train, classes=classes)
+    else:
+        y_train = check_array(y_train, ensure_2d=False, dtype=np.float32)
+        y_val = check_array(y_val, ensure_2d=False, dtype=np.float32)
+        linear.fit(X_train, y_train)
+    targets, val_targets = linear._encode_targets(y_train), linear._encode_targets(y_val)
+    for name, x, y in (("train", X_train, targets), ("val", X_val, val_targets)):
+        if len(x) != len(y):
+            raise ValueError(f"X_{name} has {len(x)} rows but y_{name} has {len(y)}.")
+    if val_targets.shape[1] != targets.shape[1]:
+        raise ValueError(
+            f"y_train has {targets.shape[1]} target columns but y_val has {val_targets.shape[1]}."
+        )
+
+    fits = _train_batched(
+        grid,
+        X_train,
+        targets,
+        X_val,
+        val_targets,
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        lr=lr,
+        patience=patience_epochs,
+        seed=seed,
+        device=torch_device,
+        progress=progress,
+    )
+
+    candidates: list[dict[str, Any]] = [
+        {
+            "name": "linear",
+            "family": "linear",
+            "params": {"kind": kind},
+            "val_loss": linear.loss(X_val, y_val),
+            "epochs_run": 0,
+            "best_epoch": 0,
+        }
+    ]
+    estimators: dict[str, LinearProbe | MLPProbe] = {"linear": linear}
+    for entry, fitted in zip(grid, fits, strict=True):
+        hidden = tuple(int(h) for h in entry["hidden"])
+        name = mlp_name(hidden, entry["activation"], entry["output"])
+        candidates.append(
+            {
+                "name": name,
+                "family": "mlp",
+                "params": {
+                    "hidden": list(hidden),
+                    "activation": entry["activation"],
+                    "output": entry["output"],
+                },
+                "val_loss": fitted.best_val_loss,
+                "epochs_run": fitted.epochs_run,
+                "best_epoch": fitted.best_epoch,
+            }
+        )
+        probe = MLPProbe(
+            hidden=hidden,
+            activation=entry["activation"],
+            output=entry["output"],
+            kind=kind,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            lr=lr,
+            patience=patience,
+            seed=seed,
+            device=device if isinstance(device, str) else str(torch_device),
+        )
+        probe.n_features_in_ = X_train.shape[1]
+        probe._set_target_info(
+            y_train, classes=linear.classes_ if kind == "classification" else None
+        )
+        probe._set_fitted(fitted)
+        estimators[name] = probe
+    settings = {
+        "max_epochs": max_epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "patience": patience_epochs,
+        "seed": seed,
+        "optimizer": "adam",
+        "loss": "mse",
+    }
+    return SearchResult(kind=kind, candidates=candidates, estimators=estimators, settings=settings)
+
+
+class _PaddedFamily:
+    """MLPs with one first hidden width and one activation, as zero-padded weight stacks.
+
+    Members are ordered by depth, so at every hidden layer the members that still have a
+    layer to go form a suffix of the stack; the others leave there for the output layer.
+    Stack ``l`` (hidden layers first, the output layer last) holds the members ``start[l]:``;
+    the rows of the stacks are the members still training.
+    """
+
+    def __init__(
+        self,
+        probe_ids: list[int],
+        specs: list[dict[str, Any]],
+        n_in: int,
+        n_out: int,
+        init_seed: int,
+        device: torch.device,
+    ) -> None:
+        order = sorted(range(len(specs)), key=lambda i: len(specs[i]["hidden"]))
+        self.probe_ids = torch.tensor([probe_ids[i] for i in order])
+        self.hidden = [tuple(int(h) for h in specs[i]["hidden"]) for i in order]
+        self.relu = specs[0]["activation"] == "relu"
+        self.softmax = torch.tensor([specs[i]["output"] == "softmax" for i in order])
+        self.n_in, self.n_out, self.device = n_in, n_out, device
+        self.width = max(max(h) for h in self.hidden)
+        self.depth = torch.tensor([len(h) for h in self.hidden])
+        n_hidden = int(self.depth.max())
+        self.start = [int((self.depth <= layer).sum()) for layer in range(n_hidden)] + [0]
+        self.active = torch.arange(len(order))  # members still training, in stack order
+        self._build(init_seed)
+
+    def _build(self, init_seed: int) -> None:
+        """Draw each member's initial weights (from its own generator) into the stacks."""
+        n_members, last = len(self.hidden), len(self.start) - 1
+        weights, biases, masks = [], [], []
+        for layer, start in enumerate(self.start):
+            fan_in = self.n_in if layer == 0 else self.width
+            fan_out = self.n_out if layer == last else self.width
+            weights.append(torch.zeros(n_members - start, fan_in, fan_out))
+            biases.append(torch.zeros(n_members - start, 1, fan_out))
+            masks.append(torch.zeros(n_members - start, fan_in, 1))
+        for member, hidden in enumerate(self.hidden):
+            generator = torch.Generator().manual_seed(init_seed)
+            sizes = [self.n_in, *hidden, self.n_out]
+            for layer, fan_in, fan_out in zip(
+                self._stacks_of(member), sizes[:-1], sizes[1:], strict=True
+            ):
+                weight, bias = init_linear(fan_in, fan_out, generator)
+                row = member - self.start[layer]
+                weights[layer][row, :fan_in, :fan_out] = weight.T
+                biases[layer][row, 0, :fan_out] = bias
+                masks[layer][row, :fan_in] = 1.0
+        self.best_weights = [w.clone() for w in weights]
+        self.best_biases = [b.clone() for b in biases]
+        self.params = [p.to(self.device).requires_grad_() for p in [*weights, *biases]]
+        self.row_masks = [m.to(self.device) for m in masks]
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        self._refresh_layout()
+
+    def _stacks_of(self, member: int) -> list[int]:
+        """The stacks a member's layers live in: its hidden layers, then the output stack."""
+        return [*range(len(self.hidden[member])), len(self.start) - 1]
+
+    def _members(self, layer: int) -> torch.Tensor:
+        """Which active members stack ``layer`` holds, as a mask over ``self.active``."""
+        return self.active >= self.start[layer]
+
+    def _refresh_layout(self) -> None:
+        """Recompute how many active members end at each depth, and the softmax mask."""
+        depth = self.depth[self.active]
+        self.depth_counts = [int((depth == d).sum()) for d in range(1, len(self.start))]
+        softmax = self.softmax[self.active]
+        self.softmax_mask = softmax.view(-1, 1, 1).to(self.device) if softmax.any() else None
+
+    @property
+    def n_active(self) -> int:
+        """Members still training."""
+        return len(self.active)
+
+    @property
+    def active_ids(self) -> torch.Tensor:
+        """Grid indices of the members still training, in stack order."""
+        return self.probe_ids[self.active]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs ``(active members, B, n_out)`` for inputs ``x`` of shape ``(B, n_in)``."""
+        n_stacks = len(self.start)
+        weights, biases = self.params[:n_stacks], self.params[n_stacks:]
+        act = torch.relu if self.relu else torch.sigmoid
+        # The output stack, cut by depth: members leave the hidden stacks after their last
+        # hidden layer. torch.split (not slicing): its backward is one cat, not zero fills.
+        counts = self.depth_counts
+        out_weights = torch.split(weights[-1] * self.row_masks[-1], counts)
+        out_biases = torch.split(biases[-1], counts)
+        first = weights[0]
+        hidden = act(torch.baddbmm(biases[0], x.expand(first.shape[0], *x.shape), first))
+        outputs = []
+        for layer, count in enumerate(counts):
+            if count:
+                done, hidden = torch.split(hidden, [count, hidden.shape[0] - count])
+                outputs.append(torch.baddbmm(out_biases[layer], done, out_weights[layer]))
+            if layer + 1 < len(counts) and hidden.shape[0]:
+                masked = weights[layer + 1] * self.row_masks[layer + 1]
+                hidden = act(torch.baddbmm(biases[layer + 1], hidden, masked))
+        out = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+        if self.softmax_mask is not None:
+            out = torch.where(self.softmax_mask, torch.softmax(out, dim=-1), out)
+        return out
+
+    def adam_step(self, step_size: float, bias_correction2_sqrt: float) -> None:
+        """``torch.optim.Adam``'s default update, element-wise on the stacks."""
+        beta1, beta2 = _ADAM_BETAS
+        with torch.no_grad():
+            for param, exp_avg, exp_avg_sq in zip(
+                self.params, self.exp_avg, self.exp_avg_sq, strict=True
+            ):
+                grad = param.grad
+                if grad is None:  # a stack all of whose members have stopped
+                    continue
+                exp_avg.lerp_(grad, 1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(_ADAM_EPS)
+                param.addcdiv_(exp_avg, denom, value=-step_size)
+                param.grad = None
+
+    def keep_best(self, improved: torch.Tensor) -> None:
+        """Copy the weights of the ``improved`` active members into the best buffers."""
+        n_stacks = len(self.start)
+        for layer in range(n_stacks):
+            members = self._members(layer)
+            chosen = improved[members]
+            if not bool(chosen.any()):
+                continue
+            rows = self.active[members][chosen] - self.start[layer]
+            on_device = chosen.to(self.device)
+            self.best_weights[layer][rows] = self.params[layer].detach()[on_device].cpu()
+            self.best_biases[layer][rows] = self.params[n_stacks + layer].detach()[on_device].cpu()
+
+    def drop(self, keep: torch.Tensor) -> None:
+        """Keep only the active members where ``keep`` is true (stacks and Adam state shrink)."""
+        n_stacks = len(self.start)
+        rows = [keep[self._members(layer)].to(self.device) for layer in range(n_stacks)]
+        for index in range(len(self.params)):
+            kept = rows[index % n_stacks]
+            self.params[index] = self.params[index].detach()[kept].requires_grad_()
+            self.exp_avg[index] = self.exp_avg[index][kept]
+            self.exp_avg_sq[index] = self.exp_avg_sq[index][kept]
+        self.row_masks = [mask[kept] for mask, kept in zip(self.row_masks, rows, strict=True)]
+        self.active = self.active[keep]
+        if self.n_active:
+            self._refresh_layout()
+
+    def best_fit(self, member: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """A member's best weights, cut out of the padding, as ``(in, out)`` arrays."""
+        sizes = [self.n_in, *self.hidden[member], self.n_out]
+        coefs, intercepts = [], []
+        for layer, fan_in, fan_out in zip(
+            self._stacks_of(member), sizes[:-1], sizes[1:], strict=True
+        ):
+            row = member - self.start[layer]
+            coefs.append(self.best_weights[layer][row, :fan_in, :fan_out].numpy().copy())
+            intercepts.append(self.best_biases[layer][row, 0, :fan_out].numpy().copy())
+        return coefs, intercepts
+
+
+def _train_batched(
+    grid: list[dict[str, Any]],
+    X: np.ndarray,
+    Y: np.ndarray,
+    X_val: np.ndarray,
+    Y_val: np.ndarray,
+    *,
+    max_epochs: int,
+    batch_size: int,
+    lr: float,
+    patience: int,
+    seed: int,
+    device: torch.device,
+    progress: Any = None,
+) -> list[MLPFit]:
+    """Train every MLP of ``grid`` together, with per-probe early stopping.
+
+    Probes are split into families by first hidden width and activation (each family padded
+    to its own widest layer, which keeps padding, and so wasted arithmetic, small on CPUs), but
+    they form one computation: one forward over the same mini-batch, one summed loss, one
+    backward, one Adam step per batch.
+
+    Returns:
+        One :class:`MLPFit` per grid entry, in the grid's order.
+    """
+    init_seed, shuffle_seed, _ = seed_streams(seed)
+    by_shape: dict[tuple[int, str], list[int]] = {}
+    for index, spec in enumerate(grid):
+        by_shape.setdefault((int(spec["hidden"][0]), spec["activation"]), []).append(index)
+    all_families = [
+        _PaddedFamily(ids, [grid[i] for i in ids], X.shape[1], Y.shape[1], init_seed, device)
+        for _, ids in sorted(by_shape.items())
+    ]
+    x_train, y_train = torch.from_numpy(X).to(device), torch.from_numpy(Y).to(device)
+    x_val, y_val = torch.from_numpy(X_val).to(device), torch.from_numpy(Y_val).to(device)
+    shuffle_gen = torch.Generator().manual_seed(shuffle_seed)
+    n, n_probes = len(x_train), len(grid)
+    best_loss = torch.full((n_probes,), math.inf, dtype=torch.float64)
+    best_epoch = torch.zeros(n_probes, dtype=torch.long)
+    epochs_run = torch.full((n_probes,), max_epochs, dtype=torch.long)
+    waited = torch.zeros(n_probes, dtype=torch.long)
+    val_curves: list[list[float]] = [[] for _ in range(n_probes)]
+    train_curves: list[list[float]] = [[] for _ in range(n_probes)]
+    steps, epoch = 0, 0
+    with stage(progress, "probe search", total=max_epochs) as bar:
+        for epoch in range(1, max_epochs + 1):
+            families = [family for family in all_families if family.n_active]
+            ids = torch.cat([family.active_ids for family in families])
+            order = epoch_order(n, shuffle_gen).to(device)
+            train_sum = torch.zeros(len(ids), dtype=torch.float64, device=device)
+            for start in range(0, n, batch_size):
+                batch = order[start : start + batch_size]
+                x, y = x_train[batch], y_train[batch]
+                # Summing the probes' own mean losses gives each probe its solo gradient.
+                per_probe = torch.cat(
+                    [((family.forward(x) - y) ** 2).mean(dim=(1, 2)) for family in families]
+                )
+                per_probe.sum().backward()
+                steps += 1
+                step_size = lr / (1 - _ADAM_BETAS[0] ** steps)
+                bias_correction2_sqrt = math.sqrt(1 - _ADAM_BETAS[1] ** steps)
+                for family in families:
+                    family.adam_step(step_size, bias_correction2_sqrt)
+                train_sum += per_probe.detach().double() * len(batch)
+            val_loss = torch.cat([_validation_loss(f, x_val, y_val) for f in families])
+            for probe, loss, train_loss in zip(
+                ids.tolist(), val_loss.tolist(), (train_sum / n).cpu().tolist(), strict=True
+            ):
+                val_curves[probe].append(loss)
+                train_curves[probe].append(train_loss)
+            improved = val_loss < best_loss[ids]
+            best_loss[ids[improved]] = val_loss[improved]
+            best_epoch[ids[improved]] = epoch
+            waited[ids] = torch.where(improved, 0, waited[ids] + 1)
+            stopped = waited[ids] >= patience
+            epochs_run[ids[stopped]] = epoch
+            offset = 0
+            for family in families:
+                part = slice(offset, offset + family.n_active)
+                offset += family.n_active
+                family.keep_best(improved[part])
+                if bool(stopped[part].any()):
+                    family.drop(~stopped[part])
+            n_active = sum(family.n_active for family in families)
+            bar.advance(
+                1, info=f"{n_active}/{n_probes} active, best val {float(best_loss.min()):.4g}"
+            )
+            if n_active == 0:
+                break
+        if epoch < max_epochs:
+            bar.update(total=epoch)
+
+    fits: list[MLPFit] = []
+    members = {
+        int(probe): (family, member)
+        for family in all_families
+        for member, probe in enumerate(family.probe_ids)
+    }
+    for probe in range(n_probes):
+        family, member = members[probe]
+        coefs, intercepts = family.best_fit(member)
+        fits.append(
+            MLPFit(
+                coefs=coefs,
+                intercepts=intercepts,
+                best_val_loss=float(best_loss[probe]),
+                best_epoch=int(best_epoch[probe]),
+                epochs_run=int(epochs_run[probe]),
+                val_loss_curve=val_curves[probe],
+                train_loss_curve=train_curves[probe],
+            )
+        )
+    return fits
+
+
+def _validation_loss(
+    family: _PaddedFamily, x_val: torch.Tensor, y_val: torch.Tensor
+) -> torch.Tensor:
+    """Validation MSE per active member, over all samples and target dims (float64, on CPU)."""
+    rows = max(1, 2**23 // (family.n_active * max(family.width, family.n_out)))
+    total = torch.zeros(family.n_active, dtype=torch.float64, device=x_val.device)
+    with torch.no_grad():
+        for start in range(0, len(x_val), rows):
+            out = family.forward(x_val[start : start + rows])
+            total += squared_error_sum(out, y_val[start : start + rows])
+    return (total / y_val.numel()).cpu()
