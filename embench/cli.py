@@ -211,6 +211,19 @@ def print_summary(record: dict[str, Any], path: Path) -> None:
                   _fmt_metric(metric["name"], record["test"]["baseline"]))
     console = _console()
     console.print(table)
+    recon = record.get("reconstruction")
+    if recon:
+        console.print(f"reconstruction (Table VIII): test L1 {recon['test_l1_before']:.4f} "
+                      f"before, {recon['test_l1_after']:.4f} after retraining the decoder; "
+                      f"grid {recon['grid']}")
+    training = record.get("training") or {}
+    if "images_per_second" in training and "n_epochs" in training:
+        console.print(f"training: {training['n_epochs']} epoch(s) (best {training['best_epoch']}),"
+                      f" {training['images_per_second']:.0f} img/s, "
+                      f"{training.get('train_seconds', 0):.0f} s, {record['precision']}")
+    if record["encoder_config"].get("perceptual_weights") == "random":
+        console.print("[yellow]note:[/yellow] the perceptual network used RANDOM weights, as "
+                      "asked for by name; the record says so.")
     cache = record["cache"]
     console.print(
         f"checkpoint {'reused' if cache['checkpoint_hit'] else 'trained'}, embeddings "

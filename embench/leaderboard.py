@@ -293,7 +293,8 @@ def _recon_links(group: Group) -> list[str]:
     for r in sorted(group.records, key=lambda r: (r["encoder"], r["z_dim"], r["seed"])):
         grid = r.get("reconstruction", {}).get("grid")
         if grid:
-            links.append(f"[{r['encoder']} z={r['z_dim']}]({grid})")
+            link = f"results/{r['task']}/{grid}"
+            links.append(f"[{r['encoder']} z={r['z_dim']} seed {r['seed']}]({link})")
     return links
 
 

@@ -30,10 +30,11 @@ from embench.protocols import (
     TaskData,
 )
 from embench.registry import get_plugin, instantiate
-from embench.results import SCHEMA_VERSION, environment_versions, write_record
+from embench.results import SCHEMA_VERSION, environment_versions, record_path, write_record
 from embench.storage import (
     CODE_VERSION,
     atomic_dir,
+    atomic_path,
     file_lock,
     fingerprint,
     home_dir,
@@ -136,10 +137,11 @@ def _encoder_config(encoder: Any, given: dict[str, Any]) -> dict[str, Any]:
 
 def fit_or_load_encoder(
     factory: Any, name: str, encoder: Any, train_key: str, data: TaskData, home: Path,
-    retrain: bool, progress: Any, log: Log,
+    retrain: bool, progress: Any, log: Log, load_options: dict[str, Any] | None = None,
 ) -> tuple[Any, bool, dict[str, Any]]:
     """Load the checkpoint of ``train_key`` or fit and save one; return (encoder, hit, stats)."""
     checkpoint = home / "checkpoints" / safe_name(name, "encoder name") / train_key[:16]
+    load_options = load_options or {}
     storable = callable(getattr(encoder, "save", None)) and callable(getattr(factory, "load", None))
     marker = checkpoint / "embench.json"
     with file_lock(checkpoint.with_name(checkpoint.name + ".lock")):
@@ -147,7 +149,9 @@ def fit_or_load_encoder(
             try:
                 stored = json.loads(marker.read_text())
                 if stored.get("train_key") == train_key:
-                    loaded = factory.load(checkpoint)
+                    load_kwargs = {k: v for k, v in load_options.items()
+                                   if _accepts(factory.load, k)}
+                    loaded = factory.load(checkpoint, **load_kwargs)
                     log(f"checkpoint hit: {checkpoint}")
                     return loaded, True, stored.get("training", {})
             except Exception as exc:  # an unusable checkpoint is retrained, not trusted
@@ -168,6 +172,56 @@ def fit_or_load_encoder(
                     {"train_key": train_key, "encoder": name, "training": stats},
                     indent=2, default=str))
         return encoder, False, stats
+
+
+def save_reconstruction_grid(rows: list[np.ndarray], path: Path, scale: int = 2) -> None:
+    """Write a PNG grid: one row per array of float images ``(n, 3, H, W)`` in [0, 1]."""
+    from PIL import Image
+
+    tiles = [np.concatenate(list(np.clip(r, 0, 1).transpose(0, 2, 3, 1)), axis=1) for r in rows]
+    picture = (np.concatenate(tiles, axis=0) * 255).round().astype(np.uint8)
+    image = Image.fromarray(picture).resize(
+        (picture.shape[1] * scale, picture.shape[0] * scale), Image.NEAREST)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def reconstruction_stage(
+    encoder: Any, data: TaskData, preset: Preset, checkpoint: Path, progress: Any, log: Log,
+    n_images: int = 8,
+) -> dict[str, Any]:
+    """Table VIII: test L1 before and after retraining the decoder alone with pixel MSE.
+
+    The outcome is stored beside the encoder's checkpoint (keyed by the retraining budget and
+    the test data), so a rerun reuses it.
+    """
+    key = fingerprint("reconstruction", data.fingerprint, preset.decoder_epochs)[:16]
+    stored = checkpoint / f"reconstruction-{key}.json"
+    grid = checkpoint / f"reconstruction-{key}.png"
+    if stored.exists() and grid.exists():
+        try:
+            result = json.loads(stored.read_text())
+            log("reconstruction reused from the checkpoint")
+            return {**result, "grid_file": str(grid)}
+        except (OSError, json.JSONDecodeError):
+            pass
+    test = data.splits[TEST].images
+    before = float(encoder.reconstruction_error(test, decoder="original", metric="l1"))
+    stats = encoder.retrain_decoder(
+        data.splits[AUTOENCODER_TRAIN].images, data.splits[AUTOENCODER_VAL].images,
+        max_epochs=preset.decoder_epochs, progress=progress)
+    after = float(encoder.reconstruction_error(test, decoder="retrained", metric="l1"))
+    sample = np.linspace(0, len(test) - 1, min(n_images, len(test))).astype(np.int64)
+    images = np.asarray(test[np.unique(sample)])
+    save_reconstruction_grid(
+        [images.astype(np.float32) / 255.0, encoder.reconstruct(images, decoder="original"),
+         encoder.reconstruct(images, decoder="retrained")], grid)
+    result = {"test_l1_before": before, "test_l1_after": after,
+              "decoder_epochs": preset.decoder_epochs,
+              "retraining": {k: v for k, v in stats.items() if k != "history"},
+              "grid_rows": ["original", "before retraining", "after retraining"]}
+    write_json(stored, result)
+    return {**result, "grid_file": str(grid)}
 
 
 def _baseline_prediction(kind: str, y_train: np.ndarray, n: int) -> np.ndarray:
@@ -222,7 +276,7 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
     start = time.perf_counter()
     encoder, checkpoint_hit, training = fit_or_load_encoder(
         encoder_factory, encoder_name, encoder, train_key, data, home, config.retrain,
-        progress, log)
+        progress, log, load_options={"device": device, "home": home})
     timings["train_seconds"] = time.perf_counter() - start
     try:
         encoder_fp = str(encoder.fingerprint)
@@ -264,6 +318,14 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
             y[TEST], _baseline_prediction(task.kind, y[PROBE_TRAIN], len(y[TEST])))),
     }
     timings["probe_seconds"] = time.perf_counter() - start
+
+    reconstruction = None
+    if callable(getattr(encoder, "retrain_decoder", None)):
+        start = time.perf_counter()
+        reconstruction = reconstruction_stage(
+            encoder, data, preset, home / "checkpoints" / safe_name(encoder_name, "encoder name")
+            / train_key[:16], progress, log)
+        timings["reconstruction_seconds"] = time.perf_counter() - start
 
     protocol = {
         "task": config.task,
@@ -308,7 +370,15 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
         "versions": environment_versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if reconstruction is not None:
+        record["reconstruction"] = reconstruction
     home_dir(home, "results")
+    out = record_path(home, record)
+    if reconstruction is not None:  # Fig. 6-style grid next to the record
+        grid = out.with_suffix(".png")
+        with atomic_path(grid) as tmp:
+            tmp.write_bytes(Path(reconstruction.pop("grid_file")).read_bytes())
+        reconstruction["grid"] = grid.name
     out = write_record(home, record)
     return RunOutcome(record, out, checkpoint_hit, cache_hit)
 
@@ -342,8 +412,13 @@ def reproduce(
         outcomes.append(outcome)
         relative = outcome.record_path.relative_to(resolve_home(home) / "results")
         write_json(out_dir / "results" / relative, outcome.record)
-    loaded = load_records([out_dir / "results"])
-    return outcomes, publish(loaded.records, out_dir)
+        grid = outcome.record_path.with_suffix(".png")
+        if grid.exists():
+            with atomic_path(out_dir / "results" / relative.with_suffix(".png")) as tmp:
+                tmp.write_bytes(grid.read_bytes())
+        # publish after every run, so an interrupted reproduction still leaves a current board
+        board = publish(load_records([out_dir / "results"]).records, out_dir)
+    return outcomes, board
 
 
 @dataclass
