@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 
 from embench.errors import EncoderContractError
+from embench.faults import crash_point
 from embench.progress import stage
 from embench.protocols import SPLITS, TaskData
 from embench.storage import atomic_path, fingerprint, safe_name
@@ -107,6 +108,7 @@ def embed_splits(
                 width = emb.shape[1]
                 chunks.append(emb)
                 bar.advance(hi - lo)
+                crash_point("embed-batch")
             out[name] = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
     return out, time.perf_counter() - start
 

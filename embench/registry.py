@@ -78,7 +78,7 @@ def discover(kind: str) -> dict[str, PluginInfo]:
 
 
 def get_plugin(kind: str, name: str) -> PluginInfo:
-    """Find one plugin by name; ``module.path:factory`` is accepted for encoders.
+    """Find one plugin by name; ``module.path:factory`` names one that is not packaged.
 
     Raises:
         UnknownNameError: with "did you mean" and the available names.
@@ -87,14 +87,14 @@ def get_plugin(kind: str, name: str) -> PluginInfo:
     plugins = discover(kind)
     if name in plugins:
         return plugins[name]
-    if kind == "encoder" and ":" in name:
+    if ":" in name:
         module_name, _, attr = name.partition(":")
         if not module_name or not attr:
             raise ConfigError(
-                f"Invalid encoder spec {name!r}.", "Use 'package.module:factory'."
+                f"Invalid {kind} spec {name!r}.", "Use 'package.module:factory'."
             )
         label = attr.split(".")[-1]
-        return PluginInfo(safe_name(label, "encoder name"), kind, name, "(not packaged)")
+        return PluginInfo(safe_name(label, f"{kind} name"), kind, name, "(not packaged)")
     raise UnknownNameError(kind, name, plugins)
 
 

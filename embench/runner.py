@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import inspect
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -159,6 +160,9 @@ def fit_or_load_encoder(
         train = data.splits[AUTOENCODER_TRAIN].images
         val = data.splits[AUTOENCODER_VAL].images
         kwargs = {"progress": progress} if _accepts(encoder.fit, "progress") else {}
+        resume_dir = checkpoint.with_name(checkpoint.name + ".resume")
+        if storable and _accepts(encoder.fit, "resume_dir"):
+            kwargs["resume_dir"] = resume_dir  # epoch-end states: a killed fit continues
         start = time.perf_counter()
         fitted = encoder.fit(train, val, **kwargs)
         encoder = fitted if fitted is not None else encoder
@@ -171,6 +175,7 @@ def fit_or_load_encoder(
                 (tmp / "embench.json").write_text(json.dumps(
                     {"train_key": train_key, "encoder": name, "training": stats},
                     indent=2, default=str))
+            shutil.rmtree(resume_dir, ignore_errors=True)
         return encoder, False, stats
 
 
@@ -258,18 +263,21 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
     encoder_info = get_plugin("encoder", config.encoder)
     encoder_factory = encoder_info.load()
     encoder_name = encoder_info.name
-    z = config.z if config.z is not None else preset.default_z(config.task)
+    task_name = get_plugin("task", config.task).name
+    z = config.z if config.z is not None else preset.default_z(task_name)
+
+    # the encoder is built first: bad options fail before any data is generated
+    hints = {"z_dim": z, "seed": config.seed, "max_epochs": preset.autoencoder_epochs,
+             "batch_size": preset.batch_size, "device": device, "precision": config.precision,
+             "home": home}
+    encoder, given = instantiate(encoder_factory, encoder_name, "encoder", hints,
+                                 config.encoder_options)
 
     start = time.perf_counter()
     task, data = prepare_task(config.task, preset, home, config.data_seed,
                               config.task_options, progress)
     timings["data_seconds"] = time.perf_counter() - start
 
-    hints = {"z_dim": z, "seed": config.seed, "max_epochs": preset.autoencoder_epochs,
-             "batch_size": preset.batch_size, "device": device, "precision": config.precision,
-             "home": home}
-    encoder, given = instantiate(encoder_factory, encoder_name, "encoder", hints,
-                                 config.encoder_options)
     encoder_config = _encoder_config(encoder, {k: v for k, v in given.items() if k != "home"})
     train_key = fingerprint("train", encoder_info.value, encoder_config, data.fingerprint)
 
@@ -285,7 +293,7 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
 
     start = time.perf_counter()
     key = embedding_key(encoder_fp, data.fingerprint)
-    path = cache_path(home, encoder_name, config.task, key)
+    path = cache_path(home, encoder_name, task_name, key)
     sizes = data.sizes()
     with file_lock(path.with_suffix(".lock")):
         cached = read_cache(path, key, sizes)
@@ -294,7 +302,7 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
             embeddings, _ = embed_splits(encoder, encoder_name, data, progress=progress)
             labels = {name: data.splits[name].labels for name in data.splits}
             write_cache(path, key, embeddings, labels,
-                        {"encoder": encoder_name, "task": config.task,
+                        {"encoder": encoder_name, "task": task_name,
                          "encoder_fingerprint": encoder_fp, "data_fingerprint": data.fingerprint})
             cached = {name: {"embeddings": embeddings[name], "labels": labels[name]}
                       for name in embeddings}
@@ -328,7 +336,7 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
         timings["reconstruction_seconds"] = time.perf_counter() - start
 
     protocol = {
-        "task": config.task,
+        "task": task_name,
         "data": data.fingerprint,
         "split_sizes": {name: sizes[name] for name in SPLITS if name in sizes},
         "preset": {k: v for k, v in preset.to_dict().items() if k not in ("z_sizes", "name")},
@@ -343,7 +351,7 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
         "encoder": encoder_name,
         "encoder_spec": encoder_info.value,
         "encoder_distribution": encoder_info.distribution,
-        "task": config.task,
+        "task": task_name,
         "task_kind": task.kind,
         "preset": preset.name,
         "preset_config": preset.to_dict(),

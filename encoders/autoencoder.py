@@ -36,8 +36,9 @@ from torch import nn
 
 from embench import __version__
 from embench.errors import ConfigError, NotFittedError, StorageError
+from embench.faults import crash_point
 from embench.storage import atomic_path, fingerprint, resolve_home, sha256_arrays, write_json
-from embench.training import check_precision, fit_module, resolve_device
+from embench.training import TrainState, check_precision, fit_module, resolve_device
 
 ENCODER_CHANNELS = (3, 32, 64, 128, 256)
 DECODER_CHANNELS = (1024, 128, 64, 32, 3)
@@ -327,8 +328,8 @@ class FourLayerCVAEEncoder:
 
     # ----- training --------------------------------------------------------------------------
 
-    def fit(self, train_images: Any, val_images: Any, *, progress: Any = None
-            ) -> FourLayerCVAEEncoder:
+    def fit(self, train_images: Any, val_images: Any, *, progress: Any = None,
+            resume_dir: str | Path | None = None) -> FourLayerCVAEEncoder:
         """Train on ``train_images`` with early stopping on ``val_images``; return ``self``.
 
         Both splits are ``(N, 3, s, s)`` uint8 (or float in [0, 1]) numpy arrays, h5py datasets
@@ -339,6 +340,10 @@ class FourLayerCVAEEncoder:
             train_images: the autoencoder training split.
             val_images: the autoencoder validation split (drives early stopping).
             progress: optional ``rich`` progress; shows one bar per training run.
+            resume_dir: where a resumable state (weights, optimizer, early-stopping counters,
+                RNGs) is saved at every epoch end; a killed fit called again with the same
+                directory, config and data continues from the last finished epoch and ends
+                with the same weights as an uninterrupted fit. Removed when the fit ends.
 
         Returns:
             ``self``, fitted.
@@ -375,6 +380,17 @@ class FourLayerCVAEEncoder:
         noise = torch.Generator(device=device)
         noise.manual_seed(self.seed + 1)  # a stream of its own, apart from the shuffling's
         loss = self._make_loss(model, perceptual_net, noise)
+        optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
+        run_key = fingerprint("fit-state", type(self).__name__, self.get_config(), n_train,
+                              n_val, size, str(device))
+        on_epoch_end, resume = None, None
+        if resume_dir is not None:
+            resume_dir = Path(resume_dir)
+            resume = _load_train_state(resume_dir, run_key)
+
+            def on_epoch_end(state: TrainState) -> None:
+                _save_train_state(resume_dir, run_key, state)
+                crash_point("train-epoch")
 
         result = fit_module(
             model,
@@ -382,7 +398,7 @@ class FourLayerCVAEEncoder:
             lambda batch: loss(_take(val, batch), False),
             n_train=n_train,
             n_val=n_val,
-            optimizer=torch.optim.Adam(model.parameters(), lr=self.lr),
+            optimizer=optimizer,
             batch_size=self.batch_size,
             max_epochs=self.max_epochs,
             seed=self.seed,
@@ -391,7 +407,12 @@ class FourLayerCVAEEncoder:
             generators={"noise": noise},
             progress=progress,
             description=f"train {self.name}",
+            on_epoch_end=on_epoch_end,
+            resume=resume,
         )
+        if resume_dir is not None:
+            for name in (_STATE_TENSORS, _STATE_META):
+                (resume_dir / name).unlink(missing_ok=True)
         self.model_ = model.eval()
         self.image_size_ = size
         self.perceptual_ = description
@@ -891,3 +912,43 @@ def four_layer_cvae_64(z_dim: int = 64) -> FourLayerCVAE:
 def four_layer_cvae_96(z_dim: int = 64) -> FourLayerCVAE:
     """The 96 px FourLayerCVAE (STL-10)."""
     return FourLayerCVAE(z_dim=z_dim, image_size=96)
+
+
+_STATE_TENSORS, _STATE_META = "train-state.safetensors", "train-state.json"
+
+
+def _save_train_state(directory: Path, run_key: str, state: TrainState) -> None:
+    """Write the resumable state atomically: tensors first, then the JSON that vouches for them."""
+    from safetensors.torch import save_file
+
+    from embench.storage import sha256_file
+
+    tensors, meta = state.to_parts()
+    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_path(directory / _STATE_TENSORS) as tmp:
+        save_file(tensors, str(tmp))
+    meta = {"run_key": run_key, "tensors_sha256": sha256_file(directory / _STATE_TENSORS),
+            "state": meta}
+    write_json(directory / _STATE_META, meta)
+
+
+def _load_train_state(directory: Path, run_key: str) -> TrainState | None:
+    """The state saved by :func:`_save_train_state` for ``run_key``, or ``None``."""
+    from safetensors.torch import load_file
+
+    from embench.storage import sha256_file
+
+    meta_path, tensors_path = directory / _STATE_META, directory / _STATE_TENSORS
+    if not (meta_path.exists() and tensors_path.exists()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("run_key") != run_key or sha256_file(tensors_path) != meta["tensors_sha256"]:
+            warnings.warn(f"Ignoring the resumable state in {directory}: it belongs to another "
+                          "run or is incomplete; training from the start.", stacklevel=3)
+            return None
+        return TrainState.from_parts(load_file(str(tensors_path)), meta["state"])
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        warnings.warn(f"Ignoring the unreadable resumable state in {directory} ({exc}); "
+                      "training from the start.", stacklevel=3)
+        return None

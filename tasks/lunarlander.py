@@ -48,6 +48,7 @@ import h5py
 import numpy as np
 
 from embench.errors import ConfigError, DataError
+from embench.faults import crash_point
 from embench.presets import Preset
 from embench.progress import stage
 from embench.protocols import (
@@ -478,6 +479,7 @@ def _generate(
                 counts["altered_kept"] += n
             rate = counts["collected"] / (time.perf_counter() - start)
             bar.advance(1, info=f"{rate:.0f} frames/s")
+            crash_point("generate")
 
         _run_rollouts(jobs, workers, append)
         position = 0

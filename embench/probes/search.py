@@ -27,6 +27,7 @@ import torch
 from sklearn.utils.validation import check_array
 
 from embench.errors import ConfigError
+from embench.faults import crash_point
 from embench.probes.estimators import (
     ACTIVATIONS,
     LinearProbe,
@@ -575,6 +576,7 @@ def _train_batched(
             bar.advance(
                 1, info=f"{n_active}/{n_probes} active, best val {float(best_loss.min()):.4g}"
             )
+            crash_point("probe-epoch")
             if n_active == 0:
                 break
         if epoch < max_epochs:
