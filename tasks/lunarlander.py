@@ -245,6 +245,18 @@ def _usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: exit as soon as the parent dies (even by SIGKILL), not linger."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _run_rollouts(
     jobs: list[RolloutJob],
     workers: int,
@@ -256,7 +268,8 @@ def _run_rollouts(
             on_result(job, collect_rollout(job))
         return
     context = multiprocessing.get_context("spawn")
-    executor = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context)
+    executor = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context,
+                                   initializer=_exit_with_parent, initargs=(os.getpid(),))
     try:
         for job, result in zip(jobs, executor.map(collect_rollout, jobs), strict=True):
             on_result(job, result)
