@@ -250,20 +250,29 @@ def search_probes(
             f"y_train has {targets.shape[1]} target columns but y_val has {val_targets.shape[1]}."
         )
 
-    fits = _train_batched(
-        grid,
-        X_train,
-        targets,
-        X_val,
-        val_targets,
-        max_epochs=max_epochs,
-        batch_size=batch_size,
-        lr=lr,
-        patience=patience_epochs,
-        seed=seed,
-        device=torch_device,
-        progress=progress,
-    )
+    # Probe layers are tiny: on CPU one thread is as fast when the cores are idle and up to
+    # 15x faster when other processes share them (benchmarks/probe_search.py); the thread count
+    # is restored afterwards.
+    threads = torch.get_num_threads()
+    if torch_device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        fits = _train_batched(
+            grid,
+            X_train,
+            targets,
+            X_val,
+            val_targets,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            lr=lr,
+            patience=patience_epochs,
+            seed=seed,
+            device=torch_device,
+            progress=progress,
+        )
+    finally:
+        torch.set_num_threads(threads)
 
     candidates: list[dict[str, Any]] = [
         {
