@@ -25,10 +25,9 @@ BUDGET_MINUTES = 20.0
 BENCHMARKS: list[tuple[str, list[str], str]] = [
     ("train_throughput.py", ["--quick", "--rounds", "3", "--device", "{device}"],
      "ae and p_ae at 64 px, batch 512, 3 rounds; bf16 one small step (emulated on most CPUs)"),
-    ("probe_search.py", ["--epochs", "8", "--threads", "1", "--device", "{device}"],
-     "full grid on 50,000 x 64, 8 epochs; 1 torch thread on both sides because tiny ops "
-     "thrash with torch's default threads when other processes share the cores (its last row "
-     "measures that)"),
+    ("probe_search.py", ["--epochs", "8", "--device", "{device}"],
+     "full grid on 50,000 x 64, 8 epochs; on CPU both sides on 1 torch thread (what "
+     "search_probes uses inside; the last rows time torch's default thread count)"),
     ("embed_throughput.py", ["--images", "2048", "--per-image", "64", "--device", "{device}"],
      "2,048 images; the per-image loop on 64 of them"),
     ("datagen_throughput.py", ["--rounds", "2"], "12 rollouts x 150 frames per measurement"),
