@@ -92,16 +92,9 @@ class RunOutcome:
 
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when available, else ``cpu``; refuse unknown or absent devices."""
-    import torch
+    from embench.training import resolve_device as resolve_torch_device
 
-    if device not in {"auto", "cpu", "cuda"}:
-        raise ConfigError(f"Invalid device {device!r}.", "Use auto, cpu or cuda.")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device.",
-                          "Use --device cpu or auto.")
-    return device
+    return str(resolve_torch_device(device))
 
 
 def load_task(name: str, options: dict[str, Any] | None = None) -> Any:

@@ -32,6 +32,7 @@ from torch import nn
 from embench.errors import ConfigError, NotFittedError
 from embench.probes.metrics import check_kind, one_hot, probe_loss
 from embench.protocols import patience_for
+from embench.training import resolve_device  # the one device resolver
 
 ACTIVATIONS = ("relu", "sigmoid")
 OUTPUTS = ("none", "softmax")
@@ -69,21 +70,6 @@ def init_linear(
 def epoch_order(n: int, generator: torch.Generator) -> torch.Tensor:
     """The shuffled sample order of one epoch (one draw from ``generator`` per epoch)."""
     return torch.randperm(n, generator=generator)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """Turn a device name (``"auto"`` picks CUDA when visible) into a :class:`torch.device`."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ConfigError(f"Unknown device {device!r}.", "Use 'cpu' or 'cuda'.") from error
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device={device!r} was requested but no CUDA GPU is visible.", "Use device='cpu'."
-        )
-    return resolved
 
 
 @dataclass
