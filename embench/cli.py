@@ -179,7 +179,7 @@ def run_command(encoder: str, task: str, preset: str, z: int | None, seed: int, 
         task_options=_task_options(data_dir, verify_data), retrain=retrain)
     with make_progress(err_console) as progress:
         outcome = run(config, progress=progress, log=progress.console.print)
-    print_summary(outcome.record, outcome.record_path)
+    print_summary(outcome.record, outcome.record_path, reused=outcome.record_hit)
 
 
 def _task_options(data_dir: Path | None, verify_data: bool) -> dict[str, Any]:
@@ -191,8 +191,11 @@ def _task_options(data_dir: Path | None, verify_data: bool) -> dict[str, Any]:
     return options
 
 
-def print_summary(record: dict[str, Any], path: Path) -> None:
-    """Print the run's summary table: best MLP, best linear probe, trivial baseline."""
+def print_summary(record: dict[str, Any], path: Path, reused: bool = False) -> None:
+    """Print the run's summary table: best MLP, best linear probe, trivial baseline.
+
+    ``reused``: the run was already finished and its record was read, not recomputed.
+    """
     metric = record["metric"]
     arrow = "lower is better" if metric["direction"] == "lower" else "higher is better"
     table = Table(title=f"{record['encoder']} on {record['task']} (z={record['z_dim']}, "
@@ -225,6 +228,10 @@ def print_summary(record: dict[str, Any], path: Path) -> None:
         console.print("[yellow]note:[/yellow] the perceptual network used RANDOM weights, as "
                       "asked for by name; the record says so.")
     cache = record["cache"]
+    if reused:
+        console.print(f"already finished: record {path} reused, nothing recomputed "
+                      "(--retrain recomputes everything).")
+        return
     console.print(
         f"checkpoint {'reused' if cache['checkpoint_hit'] else 'trained'}, embeddings "
         f"{'from cache (not re-encoded)' if cache['embedding_cache_hit'] else 'computed'}; "

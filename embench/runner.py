@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from embench.cache import DEFAULT_BATCH as EMBED_BATCH
 from embench.cache import cache_path, embed_splits, embedding_key, read_cache, write_cache
-from embench.errors import ConfigError, PluginError
+from embench.errors import ConfigError, EmbenchError, PluginError
 from embench.presets import Preset, get_preset
 from embench.protocols import (
     AUTOENCODER_TRAIN,
@@ -82,12 +83,17 @@ class RunConfig:
 
 @dataclass
 class RunOutcome:
-    """What a run produced and which stages were reused."""
+    """What a run produced and which stages were reused.
+
+    ``record_hit`` means the whole run was already finished: its record (same run fingerprint,
+    device and precision) was found and returned without repeating the probe search.
+    """
 
     record: dict[str, Any]
     record_path: Path
     checkpoint_hit: bool
     cache_hit: bool
+    record_hit: bool = False
 
 
 def resolve_device(device: str) -> str:
@@ -229,6 +235,23 @@ def _baseline_prediction(kind: str, y_train: np.ndarray, n: int) -> np.ndarray:
     return np.repeat(y_train.mean(axis=0, keepdims=True), n, axis=0)
 
 
+def _finished_record(path: Path, run_key: str, device: str, precision: str,
+                     log: Log) -> dict[str, Any] | None:
+    """The record at ``path`` if it is valid and belongs to this exact run, else ``None``."""
+    from embench.results import load_record
+
+    if not path.exists():
+        return None
+    try:
+        record = load_record(path)
+    except EmbenchError as exc:  # embench wrote it, so it is recomputed, with a warning
+        log(f"[yellow]warning:[/yellow] recomputing: {exc}")
+        return None
+    same = (record["fingerprints"].get("run") == run_key and record.get("device") == device
+            and record.get("precision") == precision)
+    return record if same else None
+
+
 def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None) -> RunOutcome:
     """Run one encoder on one task end to end and write its result record.
 
@@ -284,8 +307,18 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
     except Exception as exc:
         raise PluginError(f"Encoder {encoder_name!r} has no usable fingerprint: {exc}.") from exc
 
-    start = time.perf_counter()
     key = embedding_key(encoder_fp, data.fingerprint)
+    run_key = fingerprint("run", train_key, key, preset.to_dict(), config.seed)
+    out = record_path(home, {"task": task_name, "encoder": encoder_name, "z_dim": int(z),
+                             "seed": config.seed, "preset": preset.name,
+                             "fingerprints": {"run": run_key}})
+    finished = None if config.retrain else _finished_record(
+        out, run_key, device, config.precision, log)
+    if finished is not None:  # every stage of this run is done: nothing to repeat
+        log(f"result hit: {out}")
+        return RunOutcome(finished, out, checkpoint_hit, True, record_hit=True)
+
+    start = time.perf_counter()
     path = cache_path(home, encoder_name, task_name, key)
     sizes = data.sizes()
     with file_lock(path.with_suffix(".lock")):
@@ -353,12 +386,14 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
         "data_seed": config.data_seed,
         "device": device,
         "precision": config.precision,
+        # CPU runs repeat bit for bit for a seed (tests check it); CUDA kernels may not
+        "deterministic": device == "cpu",
+        "batch_sizes": {"autoencoder": preset.batch_size, "probe": preset.batch_size,
+                        "embedding": EMBED_BATCH},
         "encoder_config": encoder_config,
         "embedding_dim": int(X[TEST].shape[1]),
-        "fingerprints": {"run": fingerprint("run", train_key, key, preset.to_dict(),
-                                            config.seed),
-                         "train": train_key, "encoder": encoder_fp, "data": data.fingerprint,
-                         "embeddings": key},
+        "fingerprints": {"run": run_key, "train": train_key, "encoder": encoder_fp,
+                         "data": data.fingerprint, "embeddings": key},
         "data_info": data.info,
         "split_sizes": {name: sizes[name] for name in SPLITS if name in sizes},
         "metric": {"name": task.metric_name, "direction": task.metric_direction},
@@ -374,7 +409,6 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
     if reconstruction is not None:
         record["reconstruction"] = reconstruction
     home_dir(home, "results")
-    out = record_path(home, record)
     if reconstruction is not None:  # Fig. 6-style grid next to the record
         grid = out.with_suffix(".png")
         with atomic_path(grid) as tmp:

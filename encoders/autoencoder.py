@@ -45,6 +45,12 @@ DECODER_CHANNELS = (1024, 128, 64, 32, 3)
 DECODER_KERNELS = (5, 5, 6, 6)
 #: Images per forward pass in :meth:`FourLayerCVAEEncoder.encode` and friends.
 INFERENCE_BATCH = 1024
+#: Training holds lazy splits (h5py datasets, task views) in memory, at their stored size and
+#: training and validation together, up to this many bytes; a split beyond what is left is
+#: read from its store batch by batch instead. Arrays already in memory are used where they are.
+#: SVHN's extra split (1.63 GB stored at 32x32) is held; STL-10's unlabeled one (2.76 GB) is
+#: streamed for training and held for validation.
+RESIDENT_BYTES = 2 << 30
 _LOAD_CHUNK = 4096
 
 
@@ -205,18 +211,78 @@ def _as_tensor(array: Any) -> torch.Tensor:
 
 
 def _images_on_device(images: Any, device: torch.device) -> torch.Tensor:
-    """The whole split on ``device`` in its own dtype (uint8 stays uint8: 4x less memory).
+    """The whole array on ``device`` in its own dtype (uint8 stays uint8: 4x less memory).
 
-    numpy arrays are wrapped without a copy on CPU; anything else that slices (an h5py dataset)
-    is read in contiguous chunks.
+    numpy arrays are wrapped without a copy on CPU; anything else that slices (an h5py dataset,
+    a lazy view) is read in chunks of ``_LOAD_CHUNK`` rows straight into the result, so the
+    result is the only full-size copy (none on the host when ``device`` is a GPU).
     """
     if isinstance(images, np.ndarray | torch.Tensor):
         return _as_tensor(images).to(device)
-    n = int(images.shape[0])
-    out = np.empty(tuple(images.shape), dtype=np.dtype(images.dtype))
-    for start in range(0, n, _LOAD_CHUNK):
-        out[start:start + _LOAD_CHUNK] = images[start:start + _LOAD_CHUNK]
-    return torch.from_numpy(out).to(device)
+    shape = tuple(int(s) for s in images.shape)
+    dtype = torch.from_numpy(np.empty(0, dtype=np.dtype(images.dtype))).dtype
+    out = torch.empty(shape, dtype=dtype, device=device)
+    for start in range(0, shape[0], _LOAD_CHUNK):
+        out[start:start + _LOAD_CHUNK] = _as_tensor(images[start:start + _LOAD_CHUNK])
+    return out
+
+
+class _TrainingImages:
+    """One split as training reads it: rows by index tensor or slice, on ``device``.
+
+    A lazy view that tiles on access (it has ``tile > 1`` and ``untiled()``, like the task
+    views of :mod:`embench.tasks._files`) is read at its stored size and tiled per batch on
+    ``device``, so the tiled split never exists. numpy arrays and tensors are used as they are
+    (no copy on CPU). Other splits are read into memory once when their stored size is at most
+    ``limit`` bytes, else read from their store batch by batch (sorted index reads; such a
+    split must accept a sorted integer array as an index, as h5py datasets and task views do).
+    Every mode returns the same bytes for the same rows.
+
+    Attributes:
+        tile: how often each image is repeated along height and width per batch.
+        resident_bytes: bytes this holder read into memory (0 for in-memory or streamed ones).
+        streamed: whether batches are read from the store.
+    """
+
+    def __init__(self, images: Any, device: torch.device, limit: int) -> None:
+        self.device, self.tile = device, 1
+        source = images
+        in_memory = isinstance(images, np.ndarray | torch.Tensor)
+        tile = getattr(images, "tile", 1)
+        if (not in_memory and isinstance(tile, int | np.integer) and tile > 1
+                and callable(getattr(images, "untiled", None))):
+            source, self.tile = images.untiled(), int(tile)
+        self._n = int(source.shape[0])
+        stored = 0 if in_memory else (
+            int(np.prod(source.shape, dtype=np.int64)) * np.dtype(source.dtype).itemsize
+        )
+        self.streamed = stored > limit
+        self.resident_bytes = 0 if self.streamed else stored
+        self._source = source if self.streamed else None
+        self._data = None if self.streamed else _images_on_device(source, device)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def take(self, batch: torch.Tensor | slice) -> torch.Tensor:
+        """Rows ``batch`` (an index tensor, sorted, or a slice), tiled, on the device."""
+        if self._data is not None:
+            images = _take(self._data, batch)
+        else:
+            key = batch if isinstance(batch, slice) else batch.cpu().numpy()
+            images = _as_tensor(self._source[key]).to(self.device)
+        if self.tile > 1:
+            images = images.repeat(1, 1, self.tile, self.tile)  # == np.tile of the view
+        return images
+
+
+def _training_splits(
+    train_images: Any, val_images: Any, device: torch.device
+) -> tuple[_TrainingImages, _TrainingImages]:
+    """Both splits for training, sharing the :data:`RESIDENT_BYTES` budget (training first)."""
+    train = _TrainingImages(train_images, device, RESIDENT_BYTES)
+    val = _TrainingImages(val_images, device, RESIDENT_BYTES - train.resident_bytes)
+    return train, val
 
 
 def _batches(images: Any, batch_size: int = INFERENCE_BATCH):
@@ -332,9 +398,14 @@ class FourLayerCVAEEncoder:
             resume_dir: str | Path | None = None) -> FourLayerCVAEEncoder:
         """Train on ``train_images`` with early stopping on ``val_images``; return ``self``.
 
-        Both splits are ``(N, 3, s, s)`` uint8 (or float in [0, 1]) numpy arrays, h5py datasets
-        or anything sliceable like them. They are held in memory on the training device in their
-        own dtype and batched by index (converted to float per batch).
+        Both splits are ``(N, 3, s, s)`` uint8 (or float in [0, 1]) numpy arrays, h5py datasets,
+        task views or anything sliceable like them, batched by index and converted to float per
+        batch. Memory: numpy arrays are used in place (copied only to a GPU). Lazy splits are
+        read into memory on the training device in their stored dtype and size (a view that
+        tiles on access, like SVHN's, is held untiled and tiled per batch: SVHN's extra split
+        takes 1.63 GB, never the 6.5 GB tiled), up to :data:`RESIDENT_BYTES` for both splits
+        together; a split beyond that is read from its store batch by batch. Where the data
+        sits never changes the result: the same seed gives the same weights.
 
         Args:
             train_images: the autoencoder training split.
@@ -375,8 +446,7 @@ class FourLayerCVAEEncoder:
         perceptual_net, description = None, None
         if self.perceptual:
             perceptual_net, description = self._build_perceptual(device, progress)
-        train = _images_on_device(train_images, device)
-        val = _images_on_device(val_images, device)
+        train, val = _training_splits(train_images, val_images, device)
         noise = torch.Generator(device=device)
         noise.manual_seed(self.seed + 1)  # a stream of its own, apart from the shuffling's
         loss = self._make_loss(model, perceptual_net, noise)
@@ -394,8 +464,8 @@ class FourLayerCVAEEncoder:
 
         result = fit_module(
             model,
-            lambda batch: loss(_take(train, batch), self.variational),
-            lambda batch: loss(_take(val, batch), False),
+            lambda batch: loss(train.take(batch), self.variational),
+            lambda batch: loss(val.take(batch), False),
             n_train=n_train,
             n_val=n_val,
             optimizer=optimizer,
@@ -587,6 +657,7 @@ class FourLayerCVAEEncoder:
         ``reinitialize=True``), kept as ``retrained_decoder_`` beside the original; use
         ``reconstruct(..., decoder="retrained")``. It is not saved by :meth:`save`. Adam,
         batch size, learning rate, precision, seed and early stopping are the encoder's own.
+        The images are held or streamed exactly as in :meth:`fit` (never tiled as a whole).
 
         Args:
             train_images: images whose embeddings train the decoder.
@@ -604,8 +675,7 @@ class FourLayerCVAEEncoder:
         n_train = self._check_input(train_images)
         n_val = self._check_input(val_images)
         device = self._model_device()
-        train = _images_on_device(train_images, device)
-        val = _images_on_device(val_images, device)
+        train, val = _training_splits(train_images, val_images, device)
         train_z = self._embed_tensor(train)
         val_z = self._embed_tensor(val)
         decoder = copy.deepcopy(self.model_.decoder)
@@ -620,8 +690,8 @@ class FourLayerCVAEEncoder:
 
         result = fit_module(
             decoder,
-            lambda batch: loss(_take(train_z, batch), _take(train, batch)),
-            lambda batch: loss(_take(val_z, batch), _take(val, batch)),
+            lambda batch: loss(_take(train_z, batch), train.take(batch)),
+            lambda batch: loss(_take(val_z, batch), val.take(batch)),
             n_train=n_train,
             n_val=n_val,
             optimizer=torch.optim.Adam(decoder.parameters(), lr=self.lr),
@@ -637,12 +707,13 @@ class FourLayerCVAEEncoder:
         self.decoder_retraining_ = {**result.to_dict(), "reinitialized": reinitialize}
         return dict(self.decoder_retraining_)
 
-    def _embed_tensor(self, images: torch.Tensor) -> torch.Tensor:
-        """``mu`` of device-resident images, batched; a plain tensor (usable in autograd)."""
+    def _embed_tensor(self, images: _TrainingImages) -> torch.Tensor:
+        """``mu`` of a training split, batched, on the device; a plain tensor (autograd-safe)."""
         self.model_.eval()
         with torch.no_grad():
             parts = [
-                self.model_.encode(_to_unit(images[i:i + INFERENCE_BATCH]))[0].float()
+                self.model_.encode(_to_unit(images.take(slice(i, i + INFERENCE_BATCH))))[0]
+                .float()
                 for i in range(0, len(images), INFERENCE_BATCH)
             ]
         return torch.cat(parts)

@@ -352,6 +352,71 @@ def test_reconstruction_needs_a_retrained_decoder_first(fitted_ae):
         fitted_ae.reconstruct(VAL, decoder="retrained")
 
 
+# ----- memory: lazy views are held untiled or streamed, never tiled as a whole --------------
+
+
+@pytest.fixture
+def tiled_views(tmp_path):
+    """Lazy views tiling 32x32 images 2x2 (as SVHN's do) and the same splits as arrays."""
+    from embench.tasks._files import H5Images
+
+    native = blobs(40, size=32, seed=3)
+    with h5py.File(tmp_path / "store.h5", "w") as fh:
+        fh["images"] = native
+    rows = np.arange(40)
+    train_rows, val_rows = rows[rows % 4 != 0], rows[rows % 4 == 0]  # 30 and 10, interleaved
+    views = [H5Images(tmp_path / "store.h5", "images", rows=r, tile=2)
+             for r in (train_rows, val_rows)]
+    arrays = [np.tile(native[r], (1, 1, 2, 2)) for r in (train_rows, val_rows)]
+    return views, arrays
+
+
+def test_training_holds_a_tiled_view_untiled_or_streams_it(tiled_views, monkeypatch):
+    import embench.encoders.autoencoder as autoencoder
+
+    (train_view, val_view), (train, val) = tiled_views
+    untiled = 3 * 32 * 32  # bytes of one stored image; a tiled one would take 4x that
+    index = torch.tensor([0, 3, 4, 17, 29])
+    for limit, streamed in ((2 << 30, (False, False)), (30 * untiled, (False, True)),
+                            (0, (True, True))):
+        monkeypatch.setattr(autoencoder, "RESIDENT_BYTES", limit)
+        held = autoencoder._training_splits(train_view, val_view, torch.device("cpu"))
+        assert tuple(h.streamed for h in held) == streamed
+        assert [h.resident_bytes for h in held] == [
+            0 if s else n * untiled for s, n in zip(streamed, (30, 10), strict=True)]
+        assert [h.tile for h in held] == [2, 2] and [len(h) for h in held] == [30, 10]
+        for h, expected in zip(held, (train, val), strict=True):
+            np.testing.assert_array_equal(h.take(index[:3]).numpy(), expected[index[:3]])
+            np.testing.assert_array_equal(h.take(slice(8, 20)).numpy(), expected[8:20])
+        np.testing.assert_array_equal(held[0].take(index).numpy(), train[index])
+    in_memory = autoencoder._training_splits(train, val, torch.device("cpu"))
+    assert [(h.streamed, h.resident_bytes, h.tile) for h in in_memory] == [(False, 0, 1)] * 2
+    assert np.shares_memory(in_memory[0].take(slice(0, 4)).numpy(), train)  # no copy on CPU
+
+
+@pytest.mark.parametrize("limit", ["resident", "streamed"])
+def test_lazy_views_train_exactly_like_arrays(tiled_views, monkeypatch, limit):
+    """Same seed, same batches: bit-identical weights, embeddings and retrained decoder."""
+    import embench.encoders.autoencoder as autoencoder
+
+    (train_view, val_view), (train, val) = tiled_views
+    config = {**SMALL, "max_epochs": 2, "seed": 5}
+    reference = VAE(**config).fit(train, val)
+    ref_stats = reference.retrain_decoder(train, val, max_epochs=1)
+    monkeypatch.setattr(autoencoder, "RESIDENT_BYTES", 2 << 30 if limit == "resident" else 0)
+    encoder = VAE(**config).fit(train_view, val_view)
+    stats = encoder.retrain_decoder(train_view, val_view, max_epochs=1)
+
+    assert encoder.fingerprint == reference.fingerprint  # sha256 of every weight
+    np.testing.assert_array_equal(encoder.encode(val_view), reference.encode(val))
+    losses = [[(r["train_loss"], r["val_loss"]) for r in h] for h in (
+        encoder.history_, reference.history_, stats["history"], ref_stats["history"])]
+    assert losses[0] == losses[1] and losses[2] == losses[3]
+    np.testing.assert_array_equal(encoder.reconstruct(val_view, decoder="retrained"),
+                                  reference.reconstruct(val, decoder="retrained"))
+    assert encoder.reconstruction_error(val_view) == reference.reconstruction_error(val)
+
+
 def test_entry_points_name_these_classes():
     declared = {ep.name: ep.load() for ep in entry_points(group="embench.encoders")}
     assert declared["ae"] is AE and declared["vae"] is VAE

@@ -66,13 +66,23 @@ def test_smoke_run_twice_reuses_checkpoint_and_embeddings(runner, tmp_path, monk
     assert "best MLP" in first.output and "best linear" in first.output
     assert "error_px" in first.output
     calls["encode"] = 0
-    second = runner.invoke(main, args)
+    records = list((tmp_path / "results" / "lunarlander").glob("*.json"))
+    first_record = records[0].read_bytes()
+    second = runner.invoke(main, args)  # finished run: the record is reused as it is
     assert second.exit_code == 0, second.output
     assert calls["encode"] == 0
-    assert "embedding cache hit" in second.output and "checkpoint hit" in second.output
+    assert "result hit" in second.output and "already finished" in second.output
+    assert "best MLP" in second.output
+    assert records[0].read_bytes() == first_record
+    records[0].unlink()  # without the record: checkpoint and embeddings are reused
+    third = runner.invoke(main, args)
+    assert third.exit_code == 0, third.output
+    assert calls["encode"] == 0
+    assert "embedding cache hit" in third.output and "checkpoint hit" in third.output
     records = list((tmp_path / "results" / "lunarlander").glob("*.json"))
     assert len(records) == 1  # the same run, the same record
     record = json.loads(records[0].read_text())
+    assert record["deterministic"] is True and record["batch_sizes"]["probe"] > 0
     assert record["cache"] == {"checkpoint_hit": True, "embedding_cache_hit": True}
     assert record["test"]["mlp"] >= 0 and record["test"]["baseline"] > 0
     assert record["split_sizes"]["test"] > 0

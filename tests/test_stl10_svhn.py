@@ -495,6 +495,29 @@ def test_h5images_pickles_and_refuses_bad_rows(store):
         H5Images(path, "x", rows=np.array([0, 40]))
 
 
+def test_autoencoder_trains_on_the_svhn_views_as_on_arrays(svhn_data, monkeypatch):
+    """The tiled extra split is held at 32x32 (or streamed), with the arrays' exact weights."""
+    import torch
+
+    from embench.encoders import autoencoder
+
+    train = svhn_data.splits[AUTOENCODER_TRAIN].images
+    val = svhn_data.splits[AUTOENCODER_VAL].images
+    held = autoencoder._training_splits(train, val, torch.device("cpu"))
+    assert [h.resident_bytes for h in held] == [len(train) * 3 * 32 * 32, len(val) * 3 * 32 * 32]
+    np.testing.assert_array_equal(held[0].take(torch.tensor([1, 5, 6])).numpy(), train[[1, 5, 6]])
+    config = {"z_dim": 4, "batch_size": 16, "max_epochs": 1, "device": "cpu"}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny batches on shared cores: one thread is several times faster
+    try:
+        reference = autoencoder.AE(**config).fit(np.asarray(train), np.asarray(val))
+        assert autoencoder.AE(**config).fit(train, val).fingerprint == reference.fingerprint
+        monkeypatch.setattr(autoencoder, "RESIDENT_BYTES", 0)  # read from the store per batch
+        assert autoencoder.AE(**config).fit(train, val).fingerprint == reference.fingerprint
+    finally:
+        torch.set_num_threads(threads)
+
+
 # -- metric, contract, CLI --------------------------------------------------------------------
 
 
