@@ -309,6 +309,102 @@ def reproduce_command(task: str, preset: str, seeds: int, z_sizes: tuple[int, ..
     _console().print(f"leaderboard written to {path}")
 
 
+@main.command("sweep")
+@click.argument("config_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--encoders", default=None, help="Comma-separated encoder names.")
+@click.option("--tasks", default=None, help="Comma-separated task names.")
+@click.option("--z", "z_sizes", type=click.IntRange(min=1), multiple=True,
+              help="z sizes (default: each task's grid in the preset). Repeatable.")
+@click.option("--seeds", type=click.IntRange(min=1), default=None,
+              help="Number of seeds, 0..N-1 [default: 1].")
+@click.option("--preset", default=None, metavar="[smoke|quick|paper]",
+              help="Sizes and epoch budgets [default: quick].")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
+              help="local: a process pool on this machine; ray: Ray tasks [default: local].")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Jobs at once [default: usable CPUs / threads per job].")
+@click.option("--threads-per-job", type=click.IntRange(min=1), default=None,
+              help="Torch threads (and Ray CPUs) per job [default: 1].")
+@click.option("--address", default=None, help="Ray cluster address (default: a local Ray).")
+@click.option("--retry", type=click.IntRange(min=0), default=None,
+              help="Times a failed job is tried again [default: 0].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the leaderboard is published [default: leaderboard].")
+@home_option
+@handle_errors
+def sweep_command(config_file: Path | None, encoders: str | None, tasks: str | None,
+                  z_sizes: tuple[int, ...], seeds: int | None, preset: str | None,
+                  executor: str | None, workers: int | None, threads_per_job: int | None,
+                  address: str | None, retry: int | None, device: str | None,
+                  precision: str | None, out_dir: Path | None, home: Path | None) -> None:
+    """Run encoders x tasks x z x seeds as jobs on a local pool or Ray; publish the board.
+
+    Settings come from the flags or from CONFIG_FILE (TOML with the same names: encoders,
+    tasks, z, seeds, preset, executor, workers, threads_per_job, address, retry, device,
+    precision, out); flags win. Finished runs are skipped, so rerunning a sweep resumes it.
+    """
+    from rich.live import Live
+
+    from embench.sweep import SweepSpec, run_sweep
+
+    flags = {"encoders": encoders, "tasks": tasks, "z": list(z_sizes) or None,
+             "seeds": seeds, "preset": preset, "executor": executor, "workers": workers,
+             "threads_per_job": threads_per_job, "address": address, "retry": retry,
+             "device": device, "precision": precision, "out": out_dir, "home": home}
+    if config_file is not None:
+        spec = SweepSpec.from_toml(config_file, **flags)
+    else:
+        spec = SweepSpec.from_values(flags)
+    console = _console()
+    with Live(_sweep_table([]), console=err_console, refresh_per_second=2,
+              transient=False) as live:
+        outcome = run_sweep(spec, on_change=lambda states: live.update(_sweep_table(states)),
+                            log=live.console.print)
+    console.print(f"sweep finished in {outcome.seconds:.0f} s: {outcome.count('done')} done "
+                  f"({len(outcome.computed)} run(s) computed, {len(outcome.reused)} reused), "
+                  f"{outcome.count('failed')} failed, {outcome.count('blocked')} blocked.")
+    if outcome.board is not None:
+        console.print(f"leaderboard written to {outcome.board}")
+    bad = [s for s in outcome.states if s.status in ("failed", "blocked")]
+    for state in bad:
+        err_console.print(f"[red]{state.status}[/red] {state.job.name}: "
+                          f"{state.errors[-1] if state.errors else ''}", soft_wrap=True)
+    if bad:
+        _fail(f"{len(bad)} job(s) did not finish (listed above); rerun the same command to "
+              "retry them: finished jobs are skipped.", 1)
+
+
+def _sweep_table(states: list[Any]) -> Table:
+    """The live table: counts per status, then one row per job."""
+    import time
+
+    counts = {k: sum(s.status == k for s in states)
+              for k in ("pending", "running", "done", "failed", "blocked")}
+    title = " · ".join(f"{k} {v}" for k, v in counts.items() if v or k != "blocked")
+    table = Table(title=f"sweep: {title}", title_justify="left")
+    for column in ("job", "status", "try", "time", "result"):
+        table.add_column(column, justify="right" if column in ("try", "time") else "left")
+    colours = {"running": "cyan", "done": "green", "failed": "red", "blocked": "red"}
+    now = time.perf_counter()
+    for s in states:
+        if s.status == "running" and s.started is not None:
+            seconds = f"{now - s.started:.0f} s"
+        elif s.result is not None:
+            seconds = "reused" if s.result.reused else f"{s.result.seconds:.0f} s"
+        else:
+            seconds = ""
+        if s.status in ("failed", "blocked") or (s.status == "pending" and s.errors):
+            detail = s.errors[-1] if s.errors else ""
+        else:
+            detail = s.result.summary if s.result is not None else ""
+        colour = colours.get(s.status)
+        status = f"[{colour}]{s.status}[/{colour}]" if colour else s.status
+        table.add_row(s.job.name, status, str(s.attempts or ""), seconds, detail)
+    return table
+
+
 @main.command("verify")
 @click.argument("record_path", type=click.Path(path_type=Path))
 @click.option("--full", is_flag=True, help="Rerun the whole run in a fresh temporary home.")

@@ -228,6 +228,12 @@ def reconstruction_stage(
     return {**result, "grid_file": str(grid)}
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
 def _baseline_prediction(kind: str, y_train: np.ndarray, n: int) -> np.ndarray:
     if kind == "classification":
         values, counts = np.unique(y_train, return_counts=True)
@@ -388,6 +394,7 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
         "precision": config.precision,
         # CPU runs repeat bit for bit for a seed (tests check it); CUDA kernels may not
         "deterministic": device == "cpu",
+        "threads": _torch_threads(),  # CPU results repeat for the same thread counts
         "batch_sizes": {"autoencoder": preset.batch_size, "probe": preset.batch_size,
                         "embedding": EMBED_BATCH},
         "encoder_config": encoder_config,
@@ -418,6 +425,23 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
     return RunOutcome(record, out, checkpoint_hit, cache_hit)
 
 
+def copy_record_to_board(record_file: Path, home: Path, out_dir: Path) -> Path:
+    """Copy a record under ``home/results`` (and its reconstruction grid) to ``out_dir/results``.
+
+    Returns:
+        The copy's path, at the same place relative to ``results/``.
+    """
+    relative = record_file.relative_to(home / "results")
+    target = out_dir / "results" / relative
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(record_file.read_bytes())
+    grid = record_file.with_suffix(".png")
+    if grid.exists():
+        with atomic_path(target.with_suffix(".png")) as tmp:
+            tmp.write_bytes(grid.read_bytes())
+    return target
+
+
 def reproduce(
     task: str, preset_name: str, *, encoders: tuple[str, ...] = ("ae", "vae", "p_ae", "p_vae"),
     z_sizes: tuple[int, ...] | None = None, seeds: int = 1, home: Path | None = None,
@@ -445,12 +469,7 @@ def reproduce(
                                 device=device, precision=precision, home=home),
                       progress=progress, log=log)
         outcomes.append(outcome)
-        relative = outcome.record_path.relative_to(resolve_home(home) / "results")
-        write_json(out_dir / "results" / relative, outcome.record)
-        grid = outcome.record_path.with_suffix(".png")
-        if grid.exists():
-            with atomic_path(out_dir / "results" / relative.with_suffix(".png")) as tmp:
-                tmp.write_bytes(grid.read_bytes())
+        copy_record_to_board(outcome.record_path, resolve_home(home), out_dir)
         # publish after every run, so an interrupted reproduction still leaves a current board
         board = publish(load_records([out_dir / "results"]).records, out_dir)
     return outcomes, board
