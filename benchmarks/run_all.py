@@ -34,6 +34,8 @@ BENCHMARKS: list[tuple[str, list[str], str]] = [
     ("end_to_end.py", [], "reads the published quick records (prints a note if there are none)"),
     ("end_to_end.py", ["--run", "--run-preset", "smoke", "--device", "{device}"],
      "runs embench reproduce --preset smoke in a temporary home"),
+    ("sweep_speedup.py", ["--encoders", "pca,ae", "--z", "4,8"],
+     "a smoke sweep of 4 runs, local pool vs one job at a time"),
     ("svhn_memory.py", ["--scale", "0.01"],
      "peak memory of the SVHN pipeline at 1% of the real size (the full size needs ~5 GB of "
      "disk and many minutes: run it alone)"),
