@@ -355,11 +355,22 @@ class LocalExecutor:
             self._pool = None  # a fresh pool for what is resubmitted
             raise WorkerLost("its worker process died (killed or out of memory)") from None
 
-    def shutdown(self) -> None:
-        """Stop the workers; pending work is cancelled."""
-        if self._pool is not None:
+    def shutdown(self, abort: bool = False) -> None:
+        """Stop the workers; pending work is cancelled, running work too when ``abort``.
+
+        An aborted job leaves nothing half-written (every file is renamed into place), and
+        the next sweep resumes it from its last finished stage or epoch.
+        """
+        if self._pool is None:
+            return
+        if abort:  # Ctrl-C or an error in the driver: do not wait hours for running jobs
+            processes = list(getattr(self._pool, "_processes", {}).values())
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                process.terminate()
+        else:
             self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        self._pool = None
 
 
 def _check_reachable(address: str) -> None:
@@ -388,6 +399,7 @@ class RayExecutor:
                               "Install it with: pip install 'embench[ray]'.") from None
         self._ray = ray
         self._started = False
+        self._submitted: list[Any] = []
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False,
                                       "configure_logging": False}
@@ -411,7 +423,9 @@ class RayExecutor:
 
     def submit(self, job: Job, settings: dict[str, Any]) -> Any:
         """Submit ``execute_job(job, settings)`` as a Ray task."""
-        return self._remote.remote(job, settings)
+        ref = self._remote.remote(job, settings)
+        self._submitted.append(ref)
+        return ref
 
     def wait(self, handles: Iterable[Any], timeout: float) -> list[Any]:
         """The handles that finished within ``timeout`` seconds."""
@@ -428,8 +442,17 @@ class RayExecutor:
         except RayError as exc:
             raise WorkerLost(f"its Ray worker failed: {type(exc).__name__}") from None
 
-    def shutdown(self) -> None:
-        """Disconnect (and stop the local instance this executor started)."""
+    def shutdown(self, abort: bool = False) -> None:
+        """Disconnect (and stop the local instance this executor started).
+
+        With ``abort``, running tasks are cancelled first (``ray.cancel(force=True)``).
+        """
+        if abort:
+            for ref in self._submitted:
+                try:
+                    self._ray.cancel(ref, force=True)
+                except Exception:  # already finished, or the cluster is gone
+                    pass
         if self._started:
             self._ray.shutdown()
 
@@ -574,8 +597,12 @@ def run_sweep(spec: SweepSpec, *, on_change: Callable[[list[JobState]], None] | 
                         f"{result.error}{'; retrying' if again else ''}")
                 crash_point("sweep-job")
                 notify(states)
-    finally:
+    except BaseException:  # Ctrl-C, a worker that cannot see the home, a bug
+        executor.shutdown(abort=True)
+        raise
+    else:
         executor.shutdown()
+    finally:
         check.unlink(missing_ok=True)
     board = publish_sweep(states, home, spec.out) if spec.out is not None else None
     return SweepOutcome(states, board, time.perf_counter() - start)

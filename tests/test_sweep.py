@@ -3,8 +3,10 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -213,8 +215,8 @@ def test_worker_that_cannot_see_the_home_fails_fast(tmp_path):
         def result(self, handle):
             return handle.value
 
-        def shutdown(self):
-            pass
+        def shutdown(self, abort=False):
+            self.aborted = abort
 
     executor = InProcess()
     spec = SweepSpec(encoders=("pca",), tasks=("lunarlander",), z_sizes=(4,), preset="smoke",
@@ -222,6 +224,7 @@ def test_worker_that_cannot_see_the_home_fails_fast(tmp_path):
     with pytest.raises(HomeNotSharedError, match="storage every worker mounts"):
         run_sweep(spec, executor=executor)
     assert executor.submitted == 1  # stopped at the first job, nothing else was started
+    assert executor.aborted
     assert not list(other.rglob("home-check-*"))  # the driver cleaned its check file
 
 
@@ -232,3 +235,21 @@ def test_ray_executor_reports_a_missing_address_in_one_line(tmp_path):
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "Cannot start or reach Ray at 127.0.0.1:1" in result.stderr
 
+
+
+def test_ctrl_c_stops_running_jobs_at_once(tmp_path, smoke_data):
+    home = home_with_data(tmp_path, smoke_data)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "embench.cli", "sweep", "--encoders", "ae", "--tasks",
+         "lunarlander", "--z", "4", "--preset", "smoke", "--device", "cpu", "--home", str(home)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, EMBENCH_CRASH_AT=""))
+    deadline = time.monotonic() + 300
+    while not list((home / "checkpoints").glob("ae/*.lock")):  # the run job is training
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)  # not after the job would have finished
+    assert process.returncode == 130
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert not list((home / "results").rglob("*.json"))
