@@ -157,6 +157,7 @@ class Group:
     task: str
     protocol: str
     records: list[dict[str, Any]]
+    superseded: int = 0
 
     @property
     def metric(self) -> dict[str, str]:
@@ -177,11 +178,23 @@ class Group:
 
 
 def group_records(records: list[dict[str, Any]]) -> list[Group]:
-    """Group records by (task, protocol), in a stable order."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    """Group records by (task, protocol), in a stable order.
+
+    One cell averages over seeds, so within a group only the newest record of each
+    (encoder, z, seed) counts: an older one (e.g. from before a retrain with other thread
+    counts or code) is superseded, not averaged in as if it were another seed.
+    """
+    groups: dict[tuple[str, str], dict[tuple[str, int, int], list[dict[str, Any]]]] = \
+        defaultdict(lambda: defaultdict(list))
     for record in records:
-        groups[(record["task"], protocol_of(record))].append(record)
-    return [Group(task, proto, recs) for (task, proto), recs in sorted(groups.items())]
+        cell = (record["encoder"], record["z_dim"], record["seed"])
+        groups[(record["task"], protocol_of(record))][cell].append(record)
+    out = []
+    for (task, proto), cells in sorted(groups.items()):
+        newest = [max(recs, key=lambda r: r["created"]) for _, recs in sorted(cells.items())]
+        superseded = sum(len(recs) - 1 for recs in cells.values())
+        out.append(Group(task, proto, newest, superseded))
+    return out
 
 
 def render_table(group: Group, probe: str) -> str:
@@ -246,10 +259,13 @@ def _provenance(group: Group) -> str:
     seeds = sorted({r["seed"] for r in recs})
     sizes = recs[0]["split_sizes"]
     split_text = ", ".join(f"{k} {v:,}" for k, v in sizes.items())
+    superseded = (f" ({group.superseded} older record(s) of the same cells superseded)"
+                  if group.superseded else "")
     return (f"Protocol `{group.protocol[:12]}` · preset {', '.join(presets)} · device "
             f"{', '.join(devices)} · {', '.join(versions)} · {dates[0]}"
             f"{' to ' + dates[-1] if dates[-1] != dates[0] else ''} · {len(seeds)} seed(s) "
-            f"({', '.join(map(str, seeds))}) · {len(recs)} run(s) · splits: {split_text}")
+            f"({', '.join(map(str, seeds))}) · {len(recs)} run(s){superseded} · splits: "
+            f"{split_text}")
 
 
 def render_markdown(records: list[dict[str, Any]], plots: dict[str, str] | None = None,

@@ -137,3 +137,13 @@ def test_leaderboard_command_writes_board_and_plot(tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "board" / "README.md").read_text().startswith("# embench leaderboard")
     assert (tmp_path / "board" / "lunarlander.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_older_record_of_the_same_cell_is_superseded_not_averaged():
+    old = make_record("ae", 32, 0, 20.0, 21.0)
+    new = make_record("ae", 32, 0, 13.0, 14.0)
+    new["fingerprints"]["run"] = "another-run-of-the-same-cell"
+    new["created"] = "2026-11-26T12:00:00+00:00"
+    text = render_markdown([old, new])
+    assert "| 32 | **13.00** (paper 13.44) |" in text and "20.00" not in text
+    assert "1 seed(s) (0) · 1 run(s) (1 older record(s) of the same cells superseded)" in text
