@@ -408,6 +408,10 @@ class RayExecutor:
                 kwargs["address"] = address
             else:
                 kwargs["num_cpus"] = workers * cpus
+                # Ray starts its workers at nice 15; on a machine shared with anything else
+                # that starves them (torch took 95 s to import instead of 5 s under load).
+                # The local instance is the user's own: its jobs run at normal priority.
+                os.environ.setdefault("RAY_worker_niceness", "0")
                 kwargs["object_store_memory"] = 256 << 20  # results are small JSON-ish objects
             # workers import embench from this environment and write to the same home
             kwargs["runtime_env"] = {"env_vars": {"EMBENCH_HOME": str(home),
