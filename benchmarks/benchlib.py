@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from embench.workers import usable_cpus
+
 COLUMNS = ("figure", "baseline", "embench", "ratio", "target", "met?")
 
 
@@ -34,13 +36,6 @@ class Row:
     ratio: float | None = None
     target: str = "-"
     met: bool | None = None
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (a container's limit, not the host's count)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0)) or 1
-    return os.cpu_count() or 1
 
 
 def cpu_name() -> str:

@@ -44,7 +44,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from embench.probes import mlp_name, probe_grid, search_probes
-from embench.probes.estimators import init_linear, seed_streams
+from embench.probes.estimators import mlp_layers, seed_streams
 from embench.protocols import patience_for
 
 PIXELS_PER_UNIT = 32.0  # LunarLander's metric: error in pixels of the 64x64 frame
@@ -90,17 +90,7 @@ def build_mlp(n_in: int, hidden: tuple[int, ...], n_out: int, activation: str,
     """An ``nn.Sequential`` MLP with the initial weights embench draws for the same seed."""
     init_seed, _, _ = seed_streams(seed)
     generator = torch.Generator().manual_seed(init_seed)
-    sizes = [n_in, *hidden, n_out]
-    layers: list[nn.Module] = []
-    for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        linear = nn.Linear(fan_in, fan_out)
-        weight, bias = init_linear(fan_in, fan_out, generator)
-        with torch.no_grad():
-            linear.weight.copy_(weight)
-            linear.bias.copy_(bias)
-        layers.append(linear)
-        if index < len(hidden):
-            layers.append(nn.ReLU() if activation == "relu" else nn.Sigmoid())
+    layers = mlp_layers([n_in, *hidden, n_out], activation, generator)
     return nn.Sequential(*layers)
 
 

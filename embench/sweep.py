@@ -36,6 +36,7 @@ from embench.errors import ConfigError, EmbenchError
 from embench.faults import crash_point
 from embench.presets import get_preset
 from embench.storage import atomic_path, resolve_home, safe_name
+from embench.workers import exit_with_parent, usable_cpus
 
 #: Keys a sweep TOML file may hold (the CLI flags of the same names override them).
 TOML_KEYS = {"encoders", "tasks", "z", "seeds", "preset", "executor", "workers",
@@ -283,14 +284,6 @@ def _execute(job: Job, settings: dict[str, Any]) -> tuple[str, bool, str | None,
 # Executors
 # --------------------------------------------------------------------------------------------
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def thread_env(threads: int) -> dict[str, str]:
     """Environment that sizes every OpenMP/BLAS pool a worker loads to ``threads``."""
     return {name: str(threads) for name in
@@ -299,16 +292,8 @@ def thread_env(threads: int) -> dict[str, str]:
 
 def _worker_init(parent: int, threads: int) -> None:
     """Pool initializer: size the thread pools; exit when the driver dies (even by SIGKILL)."""
-    import threading
-
     os.environ.update(thread_env(threads))
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
+    exit_with_parent(parent)
 
 
 class WorkerLost(Exception):

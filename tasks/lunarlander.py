@@ -62,6 +62,7 @@ from embench.protocols import (
     TaskData,
 )
 from embench.storage import atomic_path, file_lock, fingerprint, home_dir
+from embench.workers import exit_with_parent, usable_cpus
 
 ENV_ID = "LunarLander-v3"
 IMAGE_SIZE = 64
@@ -236,27 +237,6 @@ def collect_rollout(job: RolloutJob) -> tuple[np.ndarray, np.ndarray, int]:
     return images, labels, job.frames
 
 
-def _usable_cpus() -> int:
-    """CPUs this process may run on (a container's limit, not the host's count)."""
-    if hasattr(os, "process_cpu_count"):  # Python 3.13+
-        return os.process_cpu_count() or 1
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0)) or 1
-    return os.cpu_count() or 1
-
-
-def _exit_with_parent(parent: int) -> None:
-    """Worker initializer: exit as soon as the parent dies (even by SIGKILL), not linger."""
-    import threading
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
 def _run_rollouts(
     jobs: list[RolloutJob],
     workers: int,
@@ -269,7 +249,7 @@ def _run_rollouts(
         return
     context = multiprocessing.get_context("spawn")
     executor = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context,
-                                   initializer=_exit_with_parent, initargs=(os.getpid(),))
+                                   initializer=exit_with_parent, initargs=(os.getpid(),))
     try:
         for job, result in zip(jobs, executor.map(collect_rollout, jobs), strict=True):
             on_result(job, result)
@@ -336,7 +316,7 @@ class LunarLanderTask:
             StorageError: if ``home`` cannot be written.
         """
         params = self._params(preset, seed)
-        workers = _usable_cpus() if self.workers is None else self.workers
+        workers = usable_cpus() if self.workers is None else self.workers
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ConfigError(
                 f"Invalid workers={self.workers!r} for lunarlander.",

@@ -67,6 +67,26 @@ def init_linear(
     return weight, bias
 
 
+def mlp_layers(sizes: list[int], activation: str,
+               generator: torch.Generator) -> list[nn.Module]:
+    """``nn.Linear`` layers for ``sizes`` with hidden activations, drawn as the search draws.
+
+    Weights come from :func:`init_linear`, layer by layer (weight then bias), from
+    ``generator``; the activation (``relu`` or ``sigmoid``) follows every layer but the last.
+    """
+    layers: list[nn.Module] = []
+    for index, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
+        linear = nn.Linear(fan_in, fan_out)
+        weight, bias = init_linear(fan_in, fan_out, generator)
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+            linear.bias.copy_(bias)
+        layers.append(linear)
+        if index < len(sizes) - 2:
+            layers.append(nn.ReLU() if activation == "relu" else nn.Sigmoid())
+    return layers
+
+
 def epoch_order(n: int, generator: torch.Generator) -> torch.Tensor:
     """The shuffled sample order of one epoch (one draw from ``generator`` per epoch)."""
     return torch.randperm(n, generator=generator)
@@ -586,17 +606,7 @@ def train_mlp(
     init_seed, shuffle_seed, _ = seed_streams(seed)
     init_gen = torch.Generator().manual_seed(init_seed)
     shuffle_gen = torch.Generator().manual_seed(shuffle_seed)
-    sizes = [X.shape[1], *hidden, Y.shape[1]]
-    layers: list[nn.Module] = []
-    for index, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
-        linear = nn.Linear(fan_in, fan_out)
-        weight, bias = init_linear(fan_in, fan_out, init_gen)
-        with torch.no_grad():
-            linear.weight.copy_(weight)
-            linear.bias.copy_(bias)
-        layers.append(linear)
-        if index < len(hidden):
-            layers.append(nn.ReLU() if activation == "relu" else nn.Sigmoid())
+    layers = mlp_layers([X.shape[1], *hidden, Y.shape[1]], activation, init_gen)
     if output == "softmax":
         layers.append(nn.Softmax(dim=1))
     model = nn.Sequential(*layers).to(device)
