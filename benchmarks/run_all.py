@@ -30,7 +30,7 @@ BENCHMARKS: list[tuple[str, list[str], str]] = [
      "search_probes uses inside; the last rows time torch's default thread count)"),
     ("embed_throughput.py", ["--images", "2048", "--per-image", "64", "--device", "{device}"],
      "2,048 images; the per-image loop on 64 of them"),
-    ("datagen_throughput.py", ["--rounds", "2"], "12 rollouts x 150 frames per measurement"),
+    ("datagen_throughput.py", ["--rounds", "2"], "24 rollouts x 150 frames per measurement"),
     ("end_to_end.py", [], "reads the published quick records (prints a note if there are none)"),
     ("end_to_end.py", ["--run", "--run-preset", "smoke", "--device", "{device}"],
      "runs embench reproduce --preset smoke in a temporary home"),
