@@ -20,9 +20,12 @@ lander position of LunarLander and are scored with its metric (error in pixels).
 
 Both must select the same configuration (lowest validation MSE) and reach the same test error
 within ``--tolerance`` (relative). Timing: embench runs before and after each baseline run (the
-mean is reported), so that load changes hit both alike. On CPU both sides run on one torch
-thread (``search_probes`` switches to one inside: tiny ops on shared cores thrash with more);
-the last rows time one epoch of each side at torch's default thread count against one.
+mean is reported), so that load changes hit both alike. On CPU the baseline runs on one torch
+thread (its fastest: torch's intra-op threads do not help layers this small, see the last rows)
+and ``search_probes`` is called at torch's default thread count, which it spends on training
+families side by side (each op on one thread); the last rows time one epoch of each side at
+the default thread count against one. The FLOP rows count each side's arithmetic with
+``torch.utils.flop_counter`` and compare the achieved rate with a matmul peak.
 
 Usage:
     python benchmarks/probe_search.py [--epochs 20] [--rows 50000] [--device cpu|cuda]
@@ -42,6 +45,7 @@ import torch.nn.functional as F
 from benchlib import Row, fmt, machine_note, print_table, resolve_device, synchronize
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.flop_counter import FlopCounterMode
 
 from embench.probes import mlp_name, probe_grid, search_probes
 from embench.probes.estimators import mlp_layers, seed_streams
@@ -163,6 +167,45 @@ def embench_search(data: dict, *, epochs: int, batch_size: int, lr: float, seed:
     }
 
 
+def flops_per_epoch(data: dict, settings: dict) -> dict[str, float]:
+    """FLOPs of one training epoch of each side, counted on one batch (forward + backward).
+
+    Each side runs one epoch on exactly one batch of rows under ``FlopCounterMode`` (and one
+    validation row, which adds nothing measurable); times the batches of a full epoch. embench
+    counts its padded stacks (the arithmetic it really does); the baseline the 19 separate
+    probes.
+    """
+    rows = settings["batch_size"]
+    one_batch = {"train": tuple(a[:rows] for a in data["train"]),
+                 "val": tuple(a[:1] for a in data["val"]),
+                 "test": tuple(a[:1] for a in data["test"])}
+    batches = math.ceil(len(data["train"][0]) / rows)
+    counts = {}
+    threads = torch.get_num_threads()
+    # One thread: the counter sees only its own thread's ops, and search_probes would run
+    # families on other threads (the arithmetic is the same).
+    torch.set_num_threads(1)
+    for name, fn in (("baseline", sequential_search), ("embench", embench_search)):
+        with FlopCounterMode(display=False) as counter:
+            fn(one_batch, **{**settings, "epochs": 1})
+        counts[name] = counter.get_total_flops() * batches
+    torch.set_num_threads(threads)
+    return counts
+
+
+def matmul_peak_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """The best GFLOP/s of an ``n x n`` fp32 matmul at the current thread count."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+    a @ b  # noqa: B018  (warm-up)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b  # noqa: B018
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
 def best_of(results: dict[str, dict], mlp_only: bool = False) -> str:
     names = [n for n in results if not mlp_only or n != "linear"]
     return min(names, key=lambda n: results[n]["val_loss"])
@@ -183,14 +226,19 @@ def main() -> int:
                         help="largest relative difference of the test error (default 2%%)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads for both sides (default on CPU: 1, what "
-                        "search_probes uses inside; on CUDA: torch's choice)")
+                        help="torch threads of the caller of search_probes (default: torch's "
+                        "choice; on CPU it trains that many families side by side)")
+    parser.add_argument("--baseline-threads", type=int, default=None,
+                        help="torch threads of the baseline (default on CPU: 1, its fastest, "
+                        "see the last rows; on CUDA: torch's choice)")
     parser.add_argument("--no-thread-check", action="store_true",
                         help="skip timing one epoch at torch's default threads vs 1")
     args = parser.parse_args()
     default_threads = torch.get_num_threads()
     device = resolve_device(args.device)
-    threads = args.threads or (1 if device == "cpu" else default_threads)
+    threads = args.threads or default_threads
+    baseline_threads = args.baseline_threads or (1 if device == "cpu" else default_threads)
+    side_threads = {embench_search: threads, sequential_search: baseline_threads}
     torch.set_num_threads(threads)
     settings = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                 "seed": args.seed, "device": device}
@@ -205,6 +253,7 @@ def main() -> int:
     embench_times, baseline_times = [], []
 
     def timed(fn):
+        torch.set_num_threads(side_threads[fn])
         start = time.perf_counter()
         out = fn(data, **settings)
         return out, time.perf_counter() - start
@@ -222,7 +271,8 @@ def main() -> int:
 
     thread_times: dict[tuple[str, int], float] = {}
     if not args.no_thread_check and default_threads > 1 and device == "cpu":
-        # Tiny ops on shared cores: what torch's default thread count costs each side.
+        # What torch's default thread count gives each side: search_probes spends it on
+        # families side by side, the textbook loop on torch's intra-op threads.
         small = {k: (x[: len(x) // 5], y[: len(y) // 5]) for k, (x, y) in data.items()}
         one_epoch = {**settings, "epochs": 1}
         checks = {
@@ -242,6 +292,13 @@ def main() -> int:
         torch.set_num_threads(threads)
 
     base_s, ours_s = float(np.mean(baseline_times)), float(np.mean(embench_times))
+    flops = flops_per_epoch(data, settings) if device == "cpu" else {}
+    peaks = {}
+    if device == "cpu":
+        for name, count in (("baseline", baseline_threads), ("embench", threads)):
+            torch.set_num_threads(count)
+            peaks[name] = matmul_peak_gflops()
+        torch.set_num_threads(threads)
     speedup = base_s / ours_s
     picked = {"baseline": best_of(theirs), "embench": best_of(ours)}
     picked_mlp = {"baseline": best_of(theirs, True), "embench": best_of(ours, True)}
@@ -273,19 +330,40 @@ def main() -> int:
     epochs_b = sum(ours[n]["epochs_run"] for n in mlps)
     rows.append(Row("MLP epochs run, summed over the grid (early stopping)", str(epochs_a),
                     str(epochs_b), None, "same", epochs_a == epochs_b))
+    if flops and peaks:
+        # Achieved rate over the whole timed run: MLP epochs actually run (early stopping
+        # included, averaged over the grid) times the FLOPs of one epoch.
+        mean_epochs = {"baseline": epochs_a / len(mlps), "embench": epochs_b / len(mlps)}
+        rate = {k: flops[k] * mean_epochs[k] / t / 1e9
+                for k, t in (("baseline", base_s), ("embench", ours_s))}
+        rows.append(Row("training FLOPs per epoch (forward + backward; embench's padded stacks)",
+                        fmt(flops["baseline"] / 1e9, "GFLOP"), fmt(flops["embench"] / 1e9, "GFLOP"),
+                        flops["baseline"] / flops["embench"], "-"))
+        rows.append(Row("fp32 matmul peak at each side's threads (1024^2 matmul)",
+                        f"{peaks['baseline']:.0f} GFLOP/s ({baseline_threads} thr)",
+                        f"{peaks['embench']:.0f} GFLOP/s ({threads} thr)",
+                        peaks["embench"] / peaks["baseline"], "-"))
+        rows.append(Row("achieved GFLOP/s (share of that peak)",
+                        f"{rate['baseline']:.1f} ({rate['baseline'] / peaks['baseline']:.0%})",
+                        f"{rate['embench']:.1f} ({rate['embench'] / peaks['embench']:.0%})",
+                        rate["embench"] / rate["baseline"], "-"))
+        floor = flops["embench"] * mean_epochs["embench"] / (peaks["embench"] * 1e9)
+        rows.append(Row("embench at the matmul peak (its FLOPs / peak): best possible ratio",
+                        fmt(base_s, "s"), fmt(floor, "s"), base_s / floor, "-"))
     if thread_times:
         d = default_threads
-        rows.append(Row(f"search_probes, 1 epoch on {args.rows // 5:,} rows: caller at {d} "
-                        "threads vs 1 (it trains on 1 inside)",
-                        fmt(thread_times["embench", d], "s"), fmt(thread_times["embench", 1], "s"),
-                        thread_times["embench", d] / thread_times["embench", 1], "~1x",
-                        0.67 <= thread_times["embench", d] / thread_times["embench", 1] <= 1.5))
+        rows.append(Row(f"search_probes, 1 epoch on {args.rows // 5:,} rows: caller at 1 "
+                        f"thread vs {d} (families side by side)",
+                        fmt(thread_times["embench", 1], "s"), fmt(thread_times["embench", d], "s"),
+                        thread_times["embench", 1] / thread_times["embench", d], "-"))
         rows.append(Row(f"textbook loop, mlp-128x128 1 epoch on {args.rows // 5:,} rows: {d} "
                         "threads vs 1", fmt(thread_times["textbook", d], "s"),
                         fmt(thread_times["textbook", 1], "s"),
                         thread_times["textbook", d] / thread_times["textbook", 1], "-"))
     notes = [
-        f"torch threads: {threads} on both sides (torch's default here: {default_threads})",
+        f"torch threads: baseline {baseline_threads}, embench's caller {threads} (torch's "
+        f"default here: {default_threads}); search_probes runs every op on one thread and "
+        "uses the caller's count for families side by side (bit-identical results)",
         f"times: baseline mean of {len(baseline_times)} run(s) "
         f"({', '.join(f'{t:.1f}' for t in baseline_times)} s), embench mean of "
         f"{len(embench_times)} runs around them ({', '.join(f'{t:.1f}' for t in embench_times)}"
@@ -294,6 +372,10 @@ def main() -> int:
         "closed form (the fully trained minimiser), so their linear errors may differ",
         f"the paper runs up to 500 epochs; here --epochs {args.epochs} bounds the run (both "
         "sides scale linearly per epoch until probes stop early)",
+        "FLOPs: torch.utils.flop_counter on one batch of each side, times the batches of an "
+        "epoch (matmuls only: element-wise work and Python/DataLoader time are what the "
+        "baseline loses beyond its FLOPs); the last row bounds what batching alone can reach "
+        "on these cores",
     ]
     print_table(f"probe search on {device}", rows, notes)
     return 0

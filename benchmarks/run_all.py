@@ -26,8 +26,8 @@ BENCHMARKS: list[tuple[str, list[str], str]] = [
     ("train_throughput.py", ["--quick", "--rounds", "3", "--device", "{device}"],
      "ae and p_ae at 64 px, batch 512, 3 rounds; bf16 one small step (emulated on most CPUs)"),
     ("probe_search.py", ["--epochs", "8", "--device", "{device}"],
-     "full grid on 50,000 x 64, 8 epochs; on CPU both sides on 1 torch thread (what "
-     "search_probes uses inside; the last rows time torch's default thread count)"),
+     "full grid on 50,000 x 64, 8 epochs; on CPU the baseline on 1 torch thread (its "
+     "fastest), search_probes called at torch's default (families side by side)"),
     ("embed_throughput.py", ["--images", "2048", "--per-image", "64", "--device", "{device}"],
      "2,048 images; the per-image loop on 64 of them"),
     ("datagen_throughput.py", ["--rounds", "2"], "24 rollouts x 150 frames per measurement"),

@@ -341,6 +341,40 @@ def test_batched_probes_equal_standalone_probes(kind):
         assert (entry["epochs_run"], entry["best_epoch"]) == (alone.n_epochs_, alone.best_epoch_)
 
 
+@pytest.mark.parametrize("kind", ["regression", "classification"])
+def test_families_trained_side_by_side_give_bit_identical_results(kind):
+    """The caller's torch threads train families on threads: the result must not change.
+
+    Patience 1 makes probes stop at different epochs, so families shrink and drop out and
+    the thread groups are rebalanced while training.
+    """
+    if kind == "regression":
+        X, y = noise_data(n=300)
+    else:
+        X, y = blobs(n_per_class=100)
+        y[::3] = y[::-3]  # label noise, so that probes overfit and stop
+    X_train, y_train, X_val, y_val = split(X, y, 220)
+    settings = {"max_epochs": 8, "batch_size": 64, "lr": 3e-2, "seed": 5, "patience": 1}
+
+    def run(threads):
+        torch.set_num_threads(threads)
+        result = search_probes(X_train, y_train, X_val, y_val, kind=kind, **settings)
+        assert torch.get_num_threads() == threads  # restored for the caller
+        return result
+
+    alone, side_by_side = run(1), run(3)
+    assert len({c["epochs_run"] for c in alone.candidates[1:]}) > 1  # some stopped early
+    assert alone.candidates == side_by_side.candidates
+    for name, estimator in alone.estimators.items():
+        if name == "linear":
+            continue
+        other = side_by_side.estimators[name]
+        for mine, theirs in zip(estimator.coefs_ + estimator.intercepts_,
+                                other.coefs_ + other.intercepts_, strict=True):
+            np.testing.assert_array_equal(mine, theirs, err_msg=name)
+        assert estimator.val_loss_curve_ == other.val_loss_curve_
+
+
 def test_a_probe_that_stops_early_keeps_its_own_best_weights():
     X, y = noise_data(n=160)
     X_train, y_train, X_val, y_val = split(X, y, 100)

@@ -14,11 +14,20 @@ Each probe early-stops on its own: when it runs out of patience it leaves its st
 shrink, so finished probes cost nothing) and keeps its best-validation weights. A probe
 trained here with seed ``s`` reproduces ``MLPProbe(..., seed=s)`` trained alone up to float
 rounding (same initialisation draws, same batch order, same Adam arithmetic).
+
+On CPU the families are shared out between as many Python threads as the caller's torch
+thread count (at most one per family), each running its families' forward, backward and Adam
+step on one intra-op thread. Families share nothing but the mini-batch, so the arithmetic,
+and the result, is bit-for-bit the same for any thread count; the layers are too small for
+torch's own intra-op threads to help (``benchmarks/probe_search.py`` measures both).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -250,9 +259,10 @@ def search_probes(
             f"y_train has {targets.shape[1]} target columns but y_val has {val_targets.shape[1]}."
         )
 
-    # Probe layers are tiny: on CPU one thread is as fast when the cores are idle and up to
-    # 15x faster when other processes share them (benchmarks/probe_search.py); the thread count
-    # is restored afterwards.
+    # Probe layers are tiny: torch's intra-op threads do not speed them up when the cores are
+    # idle and slow them down up to 15x when other processes share the cores. So on CPU each
+    # op runs on one thread, and the caller's thread budget goes to training families side by
+    # side instead (see _train_batched). The thread count is restored afterwards.
     threads = torch.get_num_threads()
     if torch_device.type == "cpu":
         torch.set_num_threads(1)
@@ -270,6 +280,7 @@ def search_probes(
             seed=seed,
             device=torch_device,
             progress=progress,
+            workers=threads if torch_device.type == "cpu" else 1,
         )
     finally:
         torch.set_num_threads(threads)
@@ -458,6 +469,24 @@ class _PaddedFamily:
                 param.addcdiv_(exp_avg, denom, value=-step_size)
                 param.grad = None
 
+    def cost(self) -> int:
+        """Multiply-adds per input row of the active members (to balance threads)."""
+        n_stacks = len(self.start)
+        return sum(
+            int(self._members(layer).sum()) * math.prod(self.params[layer].shape[1:])
+            for layer in range(n_stacks)
+        )
+
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, step_size: float, bias_correction2_sqrt: float
+    ) -> torch.Tensor:
+        """One Adam step on a mini-batch; returns each active member's mean loss on it."""
+        per_member = ((self.forward(x) - y) ** 2).mean(dim=(1, 2))
+        # The sum gives each member the gradient of its own mean loss (see the module doc).
+        per_member.sum().backward()
+        self.adam_step(step_size, bias_correction2_sqrt)
+        return per_member.detach()
+
     def keep_best(self, improved: torch.Tensor) -> None:
         """Copy the weights of the ``improved`` active members into the best buffers."""
         n_stacks = len(self.start)
@@ -512,13 +541,15 @@ def _train_batched(
     seed: int,
     device: torch.device,
     progress: Any = None,
+    workers: int = 1,
 ) -> list[MLPFit]:
     """Train every MLP of ``grid`` together, with per-probe early stopping.
 
     Probes are split into families by first hidden width and activation (each family padded
     to its own widest layer, which keeps padding, and so wasted arithmetic, small on CPUs), but
-    they form one computation: one forward over the same mini-batch, one summed loss, one
-    backward, one Adam step per batch.
+    they see the same mini-batches: per batch each family takes one forward, one backward of
+    its summed loss and one Adam step. With ``workers > 1`` the families are shared out between
+    that many threads per epoch (balanced by arithmetic); the result does not depend on it.
 
     Returns:
         One :class:`MLPFit` per grid entry, in the grid's order.
@@ -542,27 +573,31 @@ def _train_batched(
     val_curves: list[list[float]] = [[] for _ in range(n_probes)]
     train_curves: list[list[float]] = [[] for _ in range(n_probes)]
     steps, epoch = 0, 0
-    with stage(progress, "probe search", total=max_epochs) as bar:
+    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+    with (
+        stage(progress, "probe search", total=max_epochs) as bar,
+        pool if pool is not None else contextlib.nullcontext(),
+    ):
         for epoch in range(1, max_epochs + 1):
             families = [family for family in all_families if family.n_active]
             ids = torch.cat([family.active_ids for family in families])
+            groups = _balanced_groups(families, workers)
             order = epoch_order(n, shuffle_gen).to(device)
             train_sum = torch.zeros(len(ids), dtype=torch.float64, device=device)
             for start in range(0, n, batch_size):
                 batch = order[start : start + batch_size]
                 x, y = x_train[batch], y_train[batch]
-                # Summing the probes' own mean losses gives each probe its solo gradient.
-                per_probe = torch.cat(
-                    [((family.forward(x) - y) ** 2).mean(dim=(1, 2)) for family in families]
-                )
-                per_probe.sum().backward()
                 steps += 1
                 step_size = lr / (1 - _ADAM_BETAS[0] ** steps)
                 bias_correction2_sqrt = math.sqrt(1 - _ADAM_BETAS[1] ** steps)
-                for family in families:
-                    family.adam_step(step_size, bias_correction2_sqrt)
-                train_sum += per_probe.detach().double() * len(batch)
-            val_loss = torch.cat([_validation_loss(f, x_val, y_val) for f in families])
+                per_probe = torch.cat(_run_groups(
+                    pool, groups, families, _PaddedFamily.train_step,
+                    x, y, step_size, bias_correction2_sqrt,
+                ))
+                train_sum += per_probe.double() * len(batch)
+            val_loss = torch.cat(
+                _run_groups(pool, groups, families, _validation_loss, x_val, y_val)
+            )
             for probe, loss, train_loss in zip(
                 ids.tolist(), val_loss.tolist(), (train_sum / n).cpu().tolist(), strict=True
             ):
@@ -612,6 +647,44 @@ def _train_batched(
             )
         )
     return fits
+
+
+def _balanced_groups(families: list[_PaddedFamily], workers: int) -> list[list[_PaddedFamily]]:
+    """Share families out between at most ``workers`` groups: costliest first, to the lightest."""
+    groups: list[list[_PaddedFamily]] = [[] for _ in range(min(workers, len(families)))]
+    loads = [0] * len(groups)
+    for family in sorted(families, key=lambda f: f.cost(), reverse=True):
+        lightest = loads.index(min(loads))
+        groups[lightest].append(family)
+        loads[lightest] += family.cost()
+    return groups
+
+
+def _run_groups(
+    pool: ThreadPoolExecutor | None,
+    groups: list[list[_PaddedFamily]],
+    families: list[_PaddedFamily],
+    work: Callable[..., torch.Tensor],
+    *args: Any,
+) -> list[torch.Tensor]:
+    """``work(family, *args)`` for every family, group by group side by side in ``pool``.
+
+    Returns the results in the order of ``families``.
+    """
+
+    def run(group: list[_PaddedFamily]) -> list[torch.Tensor]:
+        return [work(family, *args) for family in group]
+
+    if pool is None or len(groups) == 1:
+        results = [run(group) for group in groups]
+    else:
+        results = [future.result() for future in [pool.submit(run, g) for g in groups]]
+    by_family = {
+        id(family): out
+        for group, outs in zip(groups, results, strict=True)
+        for family, out in zip(group, outs, strict=True)
+    }
+    return [by_family[id(family)] for family in families]
 
 
 def _validation_loss(
