@@ -3,12 +3,16 @@
 For each encoder and image size, two ways to take one optimizer step on a batch of 512:
 
 * **embench**: what ``FourLayerCVAEEncoder.fit`` runs (the encoder's own loss, uint8 data held
-  on the device, batched by index and converted to float per batch, perceptual targets without
-  gradients, fp32 or bf16 autocast, ``fit_module``), one ``fit_module`` epoch of exactly one
+  on the device, batched by index and converted to float per batch, the network and the
+  perceptual one channels-last, the 1x1 decoder seed's transposed convolution as one matrix
+  product, perceptual targets without gradients, fp32 or bf16 autocast, ``fit_module``),
+  one ``fit_module`` epoch of exactly one
   batch per call with the model and optimizer kept across calls; the img/s is the figure
   ``fit_module`` records (training pass only).
-* **baseline**: the straightforward PyTorch loop for the same model and loss: float32
-  ``TensorDataset`` + ``DataLoader(shuffle=True)``, eager fp32, ``loss.item()`` every step.
+* **baseline**: the straightforward PyTorch loop for the same model and loss: the network
+  built the plain way (``FourLayerCVAE(textbook=True)``: NCHW, ``nn.ConvTranspose2d``; same
+  initial weights and function), float32 ``TensorDataset`` + ``DataLoader(shuffle=True)``,
+  eager fp32, ``loss.item()`` every step.
 
 One warm-up step per configuration, then ``--rounds`` rounds each time one step of every
 configuration, rotating the order every round (load from other processes hits all alike).
@@ -69,7 +73,8 @@ class StraightforwardLoop:
         cls = ENCODERS[name]
         self.variational, self.device = cls.variational, device
         torch.manual_seed(0)
-        self.model = FourLayerCVAE(Z_DIM, images.shape[-1]).to(device).train()
+        # The same network written the plain way (NCHW, nn.ConvTranspose2d throughout).
+        self.model = FourLayerCVAE(Z_DIM, images.shape[-1], textbook=True).to(device).train()
         self.pnet = None
         if cls.perceptual:
             features = torchvision.models.alexnet(weights=None).features[:5]

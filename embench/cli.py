@@ -418,9 +418,15 @@ def verify_command(record_path: Path, full: bool, tolerance: float | None,
     from embench.progress import make_progress
     from embench.results import load_record
     from embench.runner import verify_record
+    from embench.storage import CODE_VERSION
 
     record = load_record(record_path)
     tol = tolerance if tolerance is not None else (0.05 if full else 1e-6)
+    made_by = record.get("embench_version")
+    if made_by != CODE_VERSION:
+        err_console.print(f"[yellow]note[/yellow]: the record was made by {made_by}, this is "
+                          f"{CODE_VERSION}; versions may differ in float rounding, so small "
+                          "differences are expected.")
     with make_progress(err_console) as progress:
         result = verify_record(record, home=home, full=full, tolerance=tol, progress=progress,
                                log=progress.console.print)

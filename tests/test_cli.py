@@ -95,3 +95,36 @@ def test_data_command_prepares_task(runner, tmp_path):
     assert result.exit_code == 0, result.output
     assert "probe_train" in result.output
     assert list((tmp_path / "datasets").rglob("*.h5"))
+
+
+def test_reproduce_publishes_and_verify_checks_the_record(runner, tmp_path):
+    """reproduce writes records and a board; verify recomputes the probes from the cache."""
+    out, home = tmp_path / "board", tmp_path / "home"
+    result = runner.invoke(main, ["reproduce", "-t", "lunarlander", "--preset", "smoke",
+                                  "--encoders", "pca", "--z", "4", "--out", str(out),
+                                  "--home", str(home)])
+    assert result.exit_code == 0, result.output
+    records = sorted((out / "results" / "lunarlander").glob("*.json"))
+    assert len(records) == 1 and (out / "README.md").is_file()
+    assert "PCA" in (out / "README.md").read_text()
+
+    verify = runner.invoke(main, ["verify", str(records[0]), "--home", str(home)])
+    assert verify.exit_code == 0, verify.output
+    assert "the record reproduces" in verify.output and "note" not in verify.stderr
+
+    # A record made by another version is still checked, with a note about float rounding.
+    record = json.loads(records[0].read_text())
+    record["embench_version"] = "embench-0.0.1"
+    older = tmp_path / "older.json"
+    older.write_text(json.dumps(record))
+    verify = runner.invoke(main, ["verify", str(older), "--home", str(home)])
+    assert verify.exit_code == 0, verify.output
+    assert "made by embench-0.0.1" in verify.stderr
+
+    # A stored metric that the probes do not give back fails with one line, exit 1.
+    record["test"]["mlp"] += 0.5
+    older.write_text(json.dumps(record))
+    verify = runner.invoke(main, ["verify", str(older), "--home", str(home)])
+    assert verify.exit_code == 1
+    assert "differ from the record beyond the tolerance" in verify.stderr
+    assert "Traceback" not in verify.output
