@@ -132,10 +132,12 @@ class _SeedConvTranspose2d(nn.ConvTranspose2d):
         if not (plain and x.dim() == 4 and x.shape[-2:] == (1, 1)):
             return super().forward(x, output_size)
         c_out, kh, kw = self.weight.shape[1:]
-        bias = self.bias.repeat_interleave(kh * kw) if self.bias is not None else None
-        flat = x.flatten(1) @ self.weight.flatten(1)
-        out = flat if bias is None else flat + bias
-        return out.view(-1, c_out, kh, kw).contiguous(memory_format=torch.channels_last)
+        if self.bias is None:
+            flat = x.flatten(1) @ self.weight.flatten(1)
+        else:
+            flat = torch.addmm(self.bias.repeat_interleave(kh * kw), x.flatten(1),
+                               self.weight.flatten(1))
+        return flat.view(-1, c_out, kh, kw).contiguous(memory_format=torch.channels_last)
 
 
 class FourLayerCVAE(nn.Module):

@@ -94,6 +94,36 @@ def test_reconstruction_has_the_input_shape(size):
     assert 0 <= recon.min() and recon.max() <= 1  # sigmoid output
 
 
+@pytest.mark.parametrize("size", [64, 96])
+def test_fast_network_computes_the_textbook_function(size):
+    """Channels-last and the 1x1-seed matrix product change float rounding, nothing else:
+    same parameters and state dict as the plain NCHW network, same outputs and gradients."""
+    torch.manual_seed(0)
+    fast = FourLayerCVAE(z_dim=Z, image_size=size)
+    torch.manual_seed(0)
+    plain = FourLayerCVAE(z_dim=Z, image_size=size, textbook=True)
+    fast_state, plain_state = fast.state_dict(), plain.state_dict()
+    assert list(fast_state) == list(plain_state)
+    assert all(torch.equal(fast_state[k], plain_state[k]) for k in fast_state)
+    assert type(plain.decoder[3]) is torch.nn.ConvTranspose2d
+    assert fast.encoder[0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(6, 3, size, size)
+    outputs = []
+    for net in (fast, plain):
+        recon, mu, _ = net(x)
+        F.mse_loss(recon, x).backward()
+        outputs.append((recon, mu, [p.grad for p in net.parameters()]))
+    (recon_a, mu_a, grads_a), (recon_b, mu_b, grads_b) = outputs
+    torch.testing.assert_close(recon_a, recon_b, rtol=0, atol=1e-5)
+    torch.testing.assert_close(mu_a, mu_b, rtol=0, atol=1e-5)
+    for grad_a, grad_b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(grad_a, grad_b, rtol=1e-3, atol=1e-5)
+    # At 64 px the decoder's seed is 1x1 and takes the matrix product; its output is NHWC.
+    seed = fast.decoder[:3](mu_a.detach())
+    assert seed.shape[-2:] == ((1, 1) if size == 64 else (3, 3))
+    assert fast.decoder[3](seed).is_contiguous(memory_format=torch.channels_last)
+
+
 def expected_parameter_count(z, size):
     """Counted from Fig. 4: convs (k4 s2, BN), two heads, linear z -> 1024 g^2, deconvs."""
     total, side = 0, size
