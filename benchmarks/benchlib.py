@@ -3,7 +3,7 @@
 Every figure a script reports is a ratio of two measurements taken side by side in the same
 process run: :func:`interleave` runs baseline and embench rounds alternately (rotating the order
 every round) so that load from other processes hits both alike. Absolute numbers depend on that
-load, which :func:`machine_note` records (load average, usable cores).
+load, which :func:`machine_note` records (CPU other processes use, load average, usable cores).
 """
 
 from __future__ import annotations
@@ -58,21 +58,51 @@ def load_average() -> float | None:
         return None
 
 
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs since boot, from ``/proc/stat`` (Linux only)."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cores(window: float = 1.0) -> float | None:
+    """Cores' worth of CPU that *other* processes use, sampled over ``window`` seconds.
+
+    This process sleeps meanwhile, so everything counted is someone else's. Unlike the load
+    average, it does not remember the benchmark that ran just before (a 2-thread script leaves
+    a 1-minute load average above 1 for a minute after it ends). ``None`` off Linux.
+    """
+    before = _cpu_jiffies()
+    if before is None:
+        return None
+    time.sleep(window)
+    after = _cpu_jiffies()
+    if after is None or after[1] == before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1]) * (os.cpu_count() or 1)
+
+
 def machine_note(device: str = "cpu") -> str:
     """One line naming the machine, the device, the load and the library versions."""
     import torch
 
     cpus = usable_cpus()
-    load = load_average()
+    load, others = load_average(), busy_cores()
     parts = [f"cpu {cpu_name()} ({cpus} usable cores)", f"torch {torch.__version__}",
              f"threads {torch.get_num_threads()}"]
     if device.startswith("cuda") and torch.cuda.is_available():
         parts.append(f"gpu {torch.cuda.get_device_name()}")
     if load is not None:
-        busy = load > 0.5 * cpus
-        parts.append(f"load avg {load:.1f}" + (" (MEASURED UNDER LOAD: other processes share "
-                                                "the cores; trust ratios, not absolutes)"
-                                                if busy else ""))
+        parts.append(f"load avg {load:.1f}")
+    if others is not None:
+        busy = others > 0.5
+        parts.append(f"other processes busy {others:.2f} cores (sampled 1 s)" + (
+            " (MEASURED UNDER LOAD: other processes share the cores; trust ratios, not "
+            "absolutes)" if busy else ""))
     return "; ".join(parts)
 
 
