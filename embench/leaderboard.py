@@ -64,7 +64,8 @@ def protocol_of(record: dict[str, Any]) -> str:
     """The record's protocol fingerprint (stored, or derived for older records)."""
     return record.get("protocol", {}).get("fingerprint") or fingerprint(
         "protocol", record["task"], record["fingerprints"]["data"],
-        record.get("preset_config", {}), record["metric"])
+        record.get("preset_config", {}), record["metric"],
+        version=record.get("embench_version", CODE_VERSION))
 
 
 @dataclass
@@ -84,16 +85,19 @@ def check_consistency(record: dict[str, Any]) -> list[str]:
     if "z_dim" in config and config["z_dim"] != record["z_dim"]:
         problems.append(f"z_dim {record['z_dim']} disagrees with encoder_config.z_dim "
                         f"{config['z_dim']}")
+    # Fingerprints are rechecked with the version that computed them (the record's own).
+    version = record["embench_version"]
     spec = record.get("encoder_spec")
-    if spec is not None and record["embench_version"] == CODE_VERSION:
-        train = fingerprint("train", spec, config, record["fingerprints"]["data"])
+    if spec is not None:
+        train = fingerprint("train", spec, config, record["fingerprints"]["data"],
+                            version=version)
         if train != record["fingerprints"].get("train"):
             problems.append("fingerprints.train does not match encoder_config and the data "
                             "fingerprint (edited config?)")
     protocol = record.get("protocol")
     if isinstance(protocol, dict) and "fingerprint" in protocol:
         fields = {k: v for k, v in protocol.items() if k != "fingerprint"}
-        if fingerprint("protocol", fields) != protocol["fingerprint"]:
+        if fingerprint("protocol", fields, version=version) != protocol["fingerprint"]:
             problems.append("protocol fingerprint does not match its fields")
     if record.get("task") in PAPER and record["metric"].get("name") == "accuracy":
         for key in ("mlp", "linear", "baseline"):

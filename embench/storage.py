@@ -166,9 +166,13 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def fingerprint(*parts: Any) -> str:
-    """sha256 of JSON-serialisable parts (keys sorted), plus :data:`CODE_VERSION`."""
-    blob = json.dumps([CODE_VERSION, *parts], sort_keys=True, default=_json_default)
+def fingerprint(*parts: Any, version: str = CODE_VERSION) -> str:
+    """sha256 of JSON-serialisable parts (keys sorted), plus the code version.
+
+    ``version`` defaults to this code's :data:`CODE_VERSION`; pass a record's own
+    ``embench_version`` to recheck a fingerprint that another version computed.
+    """
+    blob = json.dumps([version, *parts], sort_keys=True, default=_json_default)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -12,16 +12,17 @@ from embench.storage import CODE_VERSION, fingerprint
 GOLDEN = Path(__file__).parent / "golden" / "leaderboard.md"
 
 
-def make_record(encoder, z, seed, mlp, linear, baseline=33.0, preset="quick", task="lunarlander"):
+def make_record(encoder, z, seed, mlp, linear, baseline=33.0, preset="quick", task="lunarlander",
+                version=CODE_VERSION):
     config = {"z_dim": z, "seed": seed}
     spec = f"embench.encoders.x:{encoder}"
     data = f"data-{task}-{preset}"
-    train = fingerprint("train", spec, config, data)
+    train = fingerprint("train", spec, config, data, version=version)
     protocol = {"task": task, "data": data, "preset": {"probe_epochs": 300 if preset == "quick"
                                                        else 500}}
-    protocol["fingerprint"] = fingerprint("protocol", protocol)
+    protocol["fingerprint"] = fingerprint("protocol", protocol, version=version)
     return {
-        "schema_version": SCHEMA_VERSION, "embench_version": CODE_VERSION,
+        "schema_version": SCHEMA_VERSION, "embench_version": version,
         "encoder": encoder, "encoder_spec": spec, "task": task, "preset": preset,
         "z_dim": z, "seed": seed, "device": "cpu", "encoder_config": config,
         "fingerprints": {"run": fingerprint("run", train, seed), "train": train,
@@ -114,6 +115,23 @@ def test_check_refuses_each_kind_of_bad_record(tmp_path, case):
     assert result.exit_code == 1
     assert reason in result.output and "r0.json" in result.output
     assert "Traceback" not in result.output
+
+
+def test_records_of_another_version_are_checked_with_their_own_fingerprints(tmp_path):
+    """A board published by an older embench stays valid under a newer one (the code version
+    is part of every fingerprint), and its records are still checked."""
+    older = [make_record("ae", 64, 0, 13.0, 14.0, version="embench-0.0.9"),
+             make_record("p_ae", 64, 0, 3.0, 6.0, version="embench-0.0.9")]
+    _write(tmp_path / "r", older)
+    result = CliRunner().invoke(main, ["leaderboard", "--check", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "2 valid record(s)" in result.output
+    assert "embench-0.0.9" in render_markdown(older)
+    edited = json.loads(json.dumps(older[0]))
+    edited["encoder_config"]["seed"] = 7
+    _write(tmp_path / "s", [edited])
+    result = CliRunner().invoke(main, ["leaderboard", "--check", str(tmp_path / "s")])
+    assert result.exit_code == 1 and "fingerprints.train does not match" in result.output
 
 
 def test_check_refuses_invalid_json(tmp_path):
