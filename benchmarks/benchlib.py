@@ -15,8 +15,12 @@ import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from embench.workers import usable_cpus
+
+if TYPE_CHECKING:
+    import torch
 
 COLUMNS = ("figure", "baseline", "embench", "ratio", "target", "met?")
 
@@ -196,3 +200,28 @@ def print_table(title: str, rows: Iterable[Row], notes: Iterable[str] = ()) -> N
     for note in notes:
         print(f"  * {note}")
     print(flush=True)
+
+
+class MatmulPeak:
+    """GFLOP/s of one large square matmul: the machine's practical peak, measured per round."""
+
+    def __init__(self, device: str, dtype: torch.dtype, n: int) -> None:
+        import torch
+
+        gen = torch.Generator().manual_seed(0)
+        self.a = torch.randn(n, n, generator=gen).to(device, dtype)
+        self.b = torch.randn(n, n, generator=gen).to(device, dtype)
+        self.device, self.flops = device, 2 * n**3
+        self.rates: list[float] = []
+        self.a @ self.b  # warm-up  # noqa: B018
+
+    def measure(self) -> None:
+        synchronize(self.device)
+        start = time.perf_counter()
+        self.a @ self.b  # noqa: B018
+        synchronize(self.device)
+        self.rates.append(self.flops / (time.perf_counter() - start) / 1e9)
+
+    @property
+    def peak(self) -> float:
+        return max(self.rates)

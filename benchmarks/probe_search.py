@@ -42,7 +42,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from benchlib import Row, fmt, machine_note, print_table, resolve_device, synchronize
+from benchlib import MatmulPeak, Row, fmt, machine_note, print_table, resolve_device, synchronize
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
@@ -193,19 +193,6 @@ def flops_per_epoch(data: dict, settings: dict) -> dict[str, float]:
     return counts
 
 
-def matmul_peak_gflops(n: int = 1024, repeats: int = 5) -> float:
-    """The best GFLOP/s of an ``n x n`` fp32 matmul at the current thread count."""
-    gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
-    a @ b  # noqa: B018  (warm-up)
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b  # noqa: B018
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
-
-
 def best_of(results: dict[str, dict], mlp_only: bool = False) -> str:
     names = [n for n in results if not mlp_only or n != "linear"]
     return min(names, key=lambda n: results[n]["val_loss"])
@@ -297,7 +284,10 @@ def main() -> int:
     if device == "cpu":
         for name, count in (("baseline", baseline_threads), ("embench", threads)):
             torch.set_num_threads(count)
-            peaks[name] = matmul_peak_gflops()
+            peak = MatmulPeak(device, torch.float32, 1024)
+            for _ in range(5):
+                peak.measure()
+            peaks[name] = peak.peak
         torch.set_num_threads(threads)
     speedup = base_s / ours_s
     picked = {"baseline": best_of(theirs), "embench": best_of(ours)}

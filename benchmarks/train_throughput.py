@@ -42,7 +42,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
-from benchlib import Row, fmt, interleave, machine_note, median, print_table, resolve_device
+from benchlib import (
+    MatmulPeak,
+    Row,
+    fmt,
+    interleave,
+    machine_note,
+    median,
+    print_table,
+    resolve_device,
+)
 from benchlib import synchronize as sync
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -161,31 +170,6 @@ class EmbenchStep:
                 precision=self.precision,
             )
         return len(self.train) / result.images_per_second
-
-
-class MatmulPeak:
-    """GFLOP/s of one large square matmul: the machine's practical peak, measured per round."""
-
-    def __init__(self, device: str, dtype: torch.dtype, n: int) -> None:
-        gen = torch.Generator().manual_seed(0)
-        self.a = torch.randn(n, n, generator=gen).to(device, dtype)
-        self.b = torch.randn(n, n, generator=gen).to(device, dtype)
-        self.device, self.flops = device, 2 * n**3
-        self.rates: list[float] = []
-        self.a @ self.b  # warm-up  # noqa: B018
-
-    def measure(self) -> None:
-        import time
-
-        sync(self.device)
-        start = time.perf_counter()
-        self.a @ self.b  # noqa: B018
-        sync(self.device)
-        self.rates.append(self.flops / (time.perf_counter() - start) / 1e9)
-
-    @property
-    def peak(self) -> float:
-        return max(self.rates)
 
 
 def main() -> int:
