@@ -653,10 +653,11 @@ def _balanced_groups(families: list[_PaddedFamily], workers: int) -> list[list[_
     """Share families out between at most ``workers`` groups: costliest first, to the lightest."""
     groups: list[list[_PaddedFamily]] = [[] for _ in range(min(workers, len(families)))]
     loads = [0] * len(groups)
-    for family in sorted(families, key=lambda f: f.cost(), reverse=True):
+    costs = {id(family): family.cost() for family in families}
+    for family in sorted(families, key=lambda f: costs[id(f)], reverse=True):
         lightest = loads.index(min(loads))
         groups[lightest].append(family)
-        loads[lightest] += family.cost()
+        loads[lightest] += costs[id(family)]
     return groups
 
 
