@@ -4,4 +4,4 @@ Trains (or loads) an encoder on a task's unlabeled split, embeds every image onc
 cache, searches small probes on the embeddings and writes a result record per run.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -212,13 +212,16 @@ def print_summary(record: dict[str, Any], path: Path, reused: bool = False) -> N
                       _fmt_metric(metric["name"], record["test"][key]))
     table.add_row("trivial baseline", "train mean / majority", "",
                   _fmt_metric(metric["name"], record["test"]["baseline"]))
+    if "least_squares" in record["test"]:  # not a paper row: the closed-form linear fit
+        table.add_row("extra: least squares", "closed form", f"{val_loss['least_squares']:.5f}",
+                      _fmt_metric(metric["name"], record["test"]["least_squares"]))
     console = _console()
     console.print(table)
     recon = record.get("reconstruction")
     if recon:
         console.print(f"reconstruction (Table VIII): test L1 {recon['test_l1_before']:.4f} "
-                      f"before, {recon['test_l1_after']:.4f} after retraining the decoder; "
-                      f"grid {recon['grid']}")
+                      f"before, {recon['test_l1_after']:.4f} after retraining the decoder "
+                      f"({recon.get('decoder_init', 'finetune')}); grid {recon['grid']}")
     training = record.get("training") or {}
     if "images_per_second" in training and "n_epochs" in training:
         console.print(f"training: {training['n_epochs']} epoch(s) (best {training['best_epoch']}),"

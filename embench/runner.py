@@ -192,14 +192,18 @@ def save_reconstruction_grid(rows: list[np.ndarray], path: Path, scale: int = 2)
 
 def reconstruction_stage(
     encoder: Any, data: TaskData, preset: Preset, checkpoint: Path, progress: Any, log: Log,
-    n_images: int = 8,
+    n_images: int = 8, evaluation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Table VIII: test L1 before and after retraining the decoder alone with pixel MSE.
 
-    The outcome is stored beside the encoder's checkpoint (keyed by the retraining budget and
-    the test data), so a rerun reuses it.
+    Whether the decoder is fine-tuned or re-initialised is the encoder's own setting
+    (``decoder_retraining``, part of ``evaluation``); the result says which as
+    ``decoder_init``. The outcome is stored beside the encoder's checkpoint (keyed by the
+    retraining budget, the evaluation settings and the test data), so a rerun reuses it.
     """
-    key = fingerprint("reconstruction", data.fingerprint, preset.decoder_epochs)[:16]
+    evaluation = evaluation or {}
+    key = fingerprint("reconstruction", data.fingerprint, preset.decoder_epochs,
+                      *([evaluation] if evaluation else []))[:16]
     stored = checkpoint / f"reconstruction-{key}.json"
     grid = checkpoint / f"reconstruction-{key}.png"
     if stored.exists() and grid.exists():
@@ -222,6 +226,7 @@ def reconstruction_stage(
          encoder.reconstruct(images, decoder="retrained")], grid)
     result = {"test_l1_before": before, "test_l1_after": after,
               "decoder_epochs": preset.decoder_epochs,
+              "decoder_init": "reinitialize" if stats.get("reinitialized") else "finetune",
               "retraining": {k: v for k, v in stats.items() if k != "history"},
               "grid_rows": ["original", "before retraining", "after retraining"]}
     write_json(stored, result)
@@ -304,9 +309,11 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
     train_key = fingerprint("train", encoder_info.value, encoder_config, data.fingerprint)
 
     start = time.perf_counter()
+    evaluation = (encoder.evaluation_config()
+                  if callable(getattr(encoder, "evaluation_config", None)) else {})
     encoder, checkpoint_hit, training = fit_or_load_encoder(
         encoder_factory, encoder_name, encoder, train_key, data, home, config.retrain,
-        progress, log, load_options={"device": device, "home": home})
+        progress, log, load_options={**evaluation, "device": device, "home": home})
     timings["train_seconds"] = time.perf_counter() - start
     try:
         encoder_fp = str(encoder.fingerprint)
@@ -314,7 +321,8 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
         raise PluginError(f"Encoder {encoder_name!r} has no usable fingerprint: {exc}.") from exc
 
     key = embedding_key(encoder_fp, data.fingerprint)
-    run_key = fingerprint("run", train_key, key, preset.to_dict(), config.seed)
+    run_key = fingerprint("run", train_key, key, preset.to_dict(), config.seed,
+                          *([evaluation] if evaluation else []))
     out = record_path(home, {"task": task_name, "encoder": encoder_name, "z_dim": int(z),
                              "seed": config.seed, "preset": preset.name,
                              "fingerprints": {"run": run_key}})
@@ -356,6 +364,8 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
         "linear": float(task.score(y[TEST], search.best_linear.predict(X[TEST]))),
         "baseline": float(task.score(
             y[TEST], _baseline_prediction(task.kind, y[PROBE_TRAIN], len(y[TEST])))),
+        # an extra, not a paper row: the closed-form fit of the linear map
+        "least_squares": float(task.score(y[TEST], search.least_squares.predict(X[TEST]))),
     }
     timings["probe_seconds"] = time.perf_counter() - start
 
@@ -364,7 +374,7 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
         start = time.perf_counter()
         reconstruction = reconstruction_stage(
             encoder, data, preset, home / "checkpoints" / safe_name(encoder_name, "encoder name")
-            / train_key[:16], progress, log)
+            / train_key[:16], progress, log, evaluation=evaluation)
         timings["reconstruction_seconds"] = time.perf_counter() - start
 
     protocol = {
@@ -373,7 +383,9 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
         "split_sizes": {name: sizes[name] for name in SPLITS if name in sizes},
         "preset": {k: v for k, v in preset.to_dict().items() if k not in ("z_sizes", "name")},
         "probe_grid": sorted(c["name"] for c in search.to_dict()["candidates"]),
-        "selection": "lowest validation MSE; best MLP and best linear scored on test",
+        "selection": "lowest validation MSE; best MLP and the linear probe (one layer trained "
+                     "like the MLPs) scored on test; closed-form least squares reported as an "
+                     "extra",
         "metric": {"name": task.metric_name, "direction": task.metric_direction},
     }
     protocol["fingerprint"] = fingerprint("protocol", protocol)
@@ -398,6 +410,9 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
         "batch_sizes": {"autoencoder": preset.batch_size, "probe": preset.batch_size,
                         "embedding": EMBED_BATCH},
         "encoder_config": encoder_config,
+        "evaluation_config": evaluation,
+        # the loss network the encoder was trained with (source, sha256), if any
+        "perceptual_weights": training.get("perceptual"),
         "embedding_dim": int(X[TEST].shape[1]),
         "fingerprints": {"run": run_key, "train": train_key, "encoder": encoder_fp,
                          "data": data.fingerprint, "embeddings": key},
@@ -508,13 +523,15 @@ def verify_record(
     from embench.errors import DataError
     from embench.probes import search_probes
 
-    stored = {k: float(record["test"][k]) for k in ("mlp", "linear", "baseline")}
+    stored = {k: float(record["test"][k])
+              for k in ("mlp", "linear", "baseline", "least_squares") if k in record["test"]}
     if full:
         packaged = record.get("encoder_distribution") != "(not packaged)"
         encoder = record["encoder"] if packaged else record["encoder_spec"]
         factory = get_plugin("encoder", encoder).load()
         hint_keys = {"z_dim", "seed", "max_epochs", "batch_size", "device", "precision", "home"}
-        options = {k: v for k, v in record["encoder_config"].items()
+        options = {k: v for k, v in {**record["encoder_config"],
+                                     **record.get("evaluation_config", {})}.items()
                    if k not in hint_keys and k in inspect.signature(factory).parameters}
         with tempfile.TemporaryDirectory(prefix="embench-verify-") as tmp:
             outcome = run(RunConfig(
@@ -549,4 +566,7 @@ def verify_record(
         "baseline": float(task.score(
             y[TEST], _baseline_prediction(task.kind, y[PROBE_TRAIN], len(y[TEST])))),
     }
+    if "least_squares" in stored:
+        recomputed["least_squares"] = float(
+            task.score(y[TEST], search.least_squares.predict(X[TEST])))
     return Verification(stored, recomputed, tolerance, "probes")

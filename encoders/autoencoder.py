@@ -361,6 +361,11 @@ class FourLayerCVAEEncoder:
     perceptual: ClassVar[bool] = False
     #: Keywords that change where or how fast it runs, never the result: not in the config.
     _RUNTIME_KEYS: ClassVar[tuple[str, ...]] = ("device", "home")
+    #: Keywords that change only how the encoder is evaluated (never its weights or
+    #: embeddings): not in the config or the fingerprint; see :meth:`evaluation_config`.
+    _EVALUATION_KEYS: ClassVar[tuple[str, ...]] = ("decoder_retraining",)
+    #: How the decoder may start when it is retrained (Table VIII).
+    DECODER_RETRAINING: ClassVar[tuple[str, ...]] = ("finetune", "reinitialize")
 
     def __init__(
         self,
@@ -376,13 +381,15 @@ class FourLayerCVAEEncoder:
         perceptual_network: str = "alexnet",
         perceptual_layer: int = 5,
         perceptual_weights: str = "imagenet",
+        decoder_retraining: str = "finetune",
         home: str | Path | None = None,
     ) -> None:
         given = {
             "z_dim": z_dim, "max_epochs": max_epochs, "batch_size": batch_size, "lr": lr,
             "kld_weight": kld_weight, "seed": seed, "device": device, "precision": precision,
             "perceptual_network": perceptual_network, "perceptual_layer": perceptual_layer,
-            "perceptual_weights": perceptual_weights, "home": home,
+            "perceptual_weights": perceptual_weights, "decoder_retraining": decoder_retraining,
+            "home": home,
         }
         # store only what this class's own constructor takes (AE has no kld_weight, ...)
         for name in self._param_names():
@@ -404,8 +411,16 @@ class FourLayerCVAEEncoder:
         return {
             name: str(value) if isinstance(value, Path) else value
             for name, value in self.get_params().items()
-            if name not in self._RUNTIME_KEYS
+            if name not in self._RUNTIME_KEYS + self._EVALUATION_KEYS
         }
+
+    def evaluation_config(self) -> dict[str, Any]:
+        """Settings that change how the encoder is evaluated, not what it embeds.
+
+        They key the run and the reconstruction result (not the checkpoint or the embedding
+        cache), so changing one reuses the trained encoder and its embeddings.
+        """
+        return {name: getattr(self, name) for name in self._EVALUATION_KEYS}
 
     def _validate_params(self) -> None:
         def positive_int(name: str) -> None:
@@ -428,6 +443,13 @@ class FourLayerCVAEEncoder:
                               f"got {self.kld_weight!r}.")
         if self.perceptual:
             positive_int("perceptual_layer")
+        if self.decoder_retraining not in self.DECODER_RETRAINING:
+            raise ConfigError(
+                f"{type(self).__name__} decoder_retraining must be one of "
+                f"{', '.join(map(repr, self.DECODER_RETRAINING))}; "
+                f"got {self.decoder_retraining!r}.",
+                "Pass -o decoder_retraining=finetune (the default) or reinitialize.",
+            )
         check_precision(self.precision)
         resolve_device(self.device)
 
@@ -686,7 +708,7 @@ class FourLayerCVAEEncoder:
         val_images: Any,
         *,
         max_epochs: int,
-        reinitialize: bool = False,
+        reinitialize: bool | None = None,
         progress: Any = None,
     ) -> dict[str, Any]:
         """Retrain the decoder alone with pixel MSE on the frozen embeddings (Table VIII).
@@ -703,7 +725,8 @@ class FourLayerCVAEEncoder:
             train_images: images whose embeddings train the decoder.
             val_images: images for early stopping.
             max_epochs: most epochs to run.
-            reinitialize: start from random weights instead of the trained decoder.
+            reinitialize: start from random weights instead of the trained decoder; ``None``
+                follows the encoder's ``decoder_retraining`` setting.
             progress: optional ``rich`` progress.
 
         Returns:
@@ -712,6 +735,9 @@ class FourLayerCVAEEncoder:
             ``reinitialized``.
         """
         self._check_fitted()
+        if reinitialize is None:
+            self._validate_params()
+            reinitialize = self.decoder_retraining == "reinitialize"
         n_train = self._check_input(train_images)
         n_val = self._check_input(val_images)
         device = self._model_device()
@@ -799,6 +825,8 @@ class FourLayerCVAEEncoder:
             "images_per_second": self.images_per_second_,
             "precision": self.precision_,
             "device": self.device_,
+            # the loss network's identity: weights source and sha256 (None: pixel-wise loss)
+            "perceptual": self.perceptual_,
         }
 
     def save(self, directory: str | Path) -> None:
@@ -832,7 +860,8 @@ class FourLayerCVAEEncoder:
 
     @classmethod
     def load(
-        cls, directory: str | Path, *, device: str = "auto", home: str | Path | None = None
+        cls, directory: str | Path, *, device: str = "auto", home: str | Path | None = None,
+        decoder_retraining: str = "finetune",
     ) -> FourLayerCVAEEncoder:
         """Rebuild a fitted encoder from :meth:`save`'s directory (safetensors; no pickle).
 
@@ -843,6 +872,7 @@ class FourLayerCVAEEncoder:
             directory: what :meth:`save` wrote.
             device: where to put the model (``"auto"``, ``"cpu"``, ``"cuda"``).
             home: EMBENCH_HOME for the new instance.
+            decoder_retraining: the new instance's evaluation setting (not saved).
 
         Raises:
             StorageError: if the files are missing or unreadable.
@@ -866,7 +896,8 @@ class FourLayerCVAEEncoder:
                 f"{directory} holds a {meta.get('class')!r} checkpoint, not a {cls.__name__}.",
                 f"Load it with {meta.get('class')}.load or FourLayerCVAEEncoder.load.",
             )
-        encoder = target(**meta["config"], device=device, home=home)
+        encoder = target(**meta["config"], device=device, home=home,
+                         decoder_retraining=decoder_retraining)
         model = FourLayerCVAE(encoder.z_dim, int(meta["image_size"]))
         model.load_state_dict(state)
         encoder.model_ = model.to(resolve_device(device)).eval()
@@ -899,6 +930,9 @@ class AE(FourLayerCVAEEncoder):
         seed: seeds weight init, shuffling and (VAE) sampling noise.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         precision: ``"fp32"`` or ``"bf16"`` (autocast).
+        decoder_retraining: how :meth:`retrain_decoder` starts for Table VIII: ``"finetune"``
+            (from the trained decoder, the default) or ``"reinitialize"`` (fresh weights).
+            Not part of the encoder's identity: it changes no weight of the encoder.
         home: EMBENCH_HOME (perceptual weights); not part of the fingerprint.
     """
 
@@ -906,9 +940,11 @@ class AE(FourLayerCVAEEncoder):
 
     def __init__(self, z_dim: int = 64, *, max_epochs: int = 50, batch_size: int = 512,
                  lr: float = 1e-3, seed: int = 0, device: str = "auto", precision: str = "fp32",
+                 decoder_retraining: str = "finetune",
                  home: str | Path | None = None) -> None:
         super().__init__(z_dim, max_epochs=max_epochs, batch_size=batch_size, lr=lr, seed=seed,
-                         device=device, precision=precision, home=home)
+                         device=device, precision=precision,
+                         decoder_retraining=decoder_retraining, home=home)
 
 
 class VAE(FourLayerCVAEEncoder):
@@ -923,6 +959,9 @@ class VAE(FourLayerCVAEEncoder):
         seed: seeds weight init, shuffling and sampling noise.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         precision: ``"fp32"`` or ``"bf16"``.
+        decoder_retraining: how :meth:`retrain_decoder` starts for Table VIII: ``"finetune"``
+            (from the trained decoder, the default) or ``"reinitialize"`` (fresh weights).
+            Not part of the encoder's identity: it changes no weight of the encoder.
         home: EMBENCH_HOME; not part of the fingerprint.
     """
 
@@ -931,10 +970,11 @@ class VAE(FourLayerCVAEEncoder):
 
     def __init__(self, z_dim: int = 64, *, max_epochs: int = 50, batch_size: int = 512,
                  lr: float = 1e-3, kld_weight: float = 0.01, seed: int = 0, device: str = "auto",
-                 precision: str = "fp32", home: str | Path | None = None) -> None:
+                 precision: str = "fp32", decoder_retraining: str = "finetune",
+                 home: str | Path | None = None) -> None:
         super().__init__(z_dim, max_epochs=max_epochs, batch_size=batch_size, lr=lr,
                          kld_weight=kld_weight, seed=seed, device=device, precision=precision,
-                         home=home)
+                         decoder_retraining=decoder_retraining, home=home)
 
 
 class PerceptualAE(FourLayerCVAEEncoder):
@@ -951,6 +991,9 @@ class PerceptualAE(FourLayerCVAEEncoder):
         perceptual_network: torchvision network whose ``features`` give p (``"alexnet"``).
         perceptual_layer: p = ``features[:perceptual_layer]`` + Sigmoid.
         perceptual_weights: ``"imagenet"``, ``"random"`` or a path to a weights file.
+        decoder_retraining: how :meth:`retrain_decoder` starts for Table VIII: ``"finetune"``
+            (from the trained decoder, the default) or ``"reinitialize"`` (fresh weights).
+            Not part of the encoder's identity: it changes no weight of the encoder.
         home: EMBENCH_HOME, where the perceptual weights are cached.
     """
 
@@ -960,11 +1003,12 @@ class PerceptualAE(FourLayerCVAEEncoder):
     def __init__(self, z_dim: int = 64, *, max_epochs: int = 50, batch_size: int = 512,
                  lr: float = 1e-3, seed: int = 0, device: str = "auto", precision: str = "fp32",
                  perceptual_network: str = "alexnet", perceptual_layer: int = 5,
-                 perceptual_weights: str = "imagenet", home: str | Path | None = None) -> None:
+                 perceptual_weights: str = "imagenet", decoder_retraining: str = "finetune",
+                 home: str | Path | None = None) -> None:
         super().__init__(z_dim, max_epochs=max_epochs, batch_size=batch_size, lr=lr, seed=seed,
                          device=device, precision=precision, perceptual_network=perceptual_network,
                          perceptual_layer=perceptual_layer, perceptual_weights=perceptual_weights,
-                         home=home)
+                         decoder_retraining=decoder_retraining, home=home)
 
 
 class PerceptualVAE(FourLayerCVAEEncoder):
@@ -982,6 +1026,9 @@ class PerceptualVAE(FourLayerCVAEEncoder):
         perceptual_network: torchvision network whose ``features`` give p (``"alexnet"``).
         perceptual_layer: p = ``features[:perceptual_layer]`` + Sigmoid.
         perceptual_weights: ``"imagenet"``, ``"random"`` or a path to a weights file.
+        decoder_retraining: how :meth:`retrain_decoder` starts for Table VIII: ``"finetune"``
+            (from the trained decoder, the default) or ``"reinitialize"`` (fresh weights).
+            Not part of the encoder's identity: it changes no weight of the encoder.
         home: EMBENCH_HOME, where the perceptual weights are cached.
     """
 
@@ -993,11 +1040,13 @@ class PerceptualVAE(FourLayerCVAEEncoder):
                  lr: float = 1e-3, kld_weight: float = 0.01, seed: int = 0, device: str = "auto",
                  precision: str = "fp32", perceptual_network: str = "alexnet",
                  perceptual_layer: int = 5, perceptual_weights: str = "imagenet",
+                 decoder_retraining: str = "finetune",
                  home: str | Path | None = None) -> None:
         super().__init__(z_dim, max_epochs=max_epochs, batch_size=batch_size, lr=lr,
                          kld_weight=kld_weight, seed=seed, device=device, precision=precision,
                          perceptual_network=perceptual_network, perceptual_layer=perceptual_layer,
-                         perceptual_weights=perceptual_weights, home=home)
+                         perceptual_weights=perceptual_weights,
+                         decoder_retraining=decoder_retraining, home=home)
 
 
 _ENCODER_CLASSES: dict[str, type[FourLayerCVAEEncoder]] = {

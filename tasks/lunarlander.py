@@ -5,25 +5,28 @@ The data is generated locally with gymnasium + Box2D and cached as one HDF5 file
 
 * ``LunarLander-v3`` with ``render_mode="rgb_array"``, driven by a random policy
   (``env.action_space.sample()`` on a seeded action space).
-* Every rollout has exactly ``frames`` frames (150 in every preset). Frames are rendered at
-  600x400, resized to 64x64 with PIL bicubic and stored as uint8 ``(3, 64, 64)``.
+* Every rollout has exactly ``frames`` frames (150 in every preset) from one ``reset()``: the
+  simulation steps on after the episode ends and is never reset inside a rollout, as the
+  authors' generator (``gym_datagenerator.py``) did. A lander that crashed or came to rest stays
+  on the ground; one that flew off the side keeps flying (those frames are what the altered
+  filter removes). gymnasium's wrappers neither refuse nor warn about steps after the end
+  (a test checks that no warning is printed).
+* Frames are rendered at 600x400 and resized to 64x64 like OpenCV's ``INTER_CUBIC`` (bicubic
+  with a = -0.75, half-pixel centres, edge pixels repeated, *no* anti-aliasing), rounded and
+  clipped to uint8 ``(3, 64, 64)``: see :func:`resize_like_opencv_cubic`. PIL's ``BICUBIC``
+  anti-aliases when shrinking and leaves the lander ~8 body-colour pixels instead of ~13.
 * A frame is paired with the observation of the state it shows: the frame rendered right after
   ``reset()`` with reset's observation, the frame rendered right after ``step()`` with that
   step's observation (the authors' script paired each frame with the next state; we do not).
   The label is the lander position ``observation[:2]``: one normalised unit is 32 px in the
   64x64 frame on both axes.
-* Termination: a random policy usually crashes (or flies off the side) before ``frames`` frames.
-  The terminal frame is kept (it is a valid state), the environment is reset *without* a new seed
-  (its own generator continues, so the rollout stays deterministic) and collection continues in
-  the same rollout. Every rollout therefore has exactly ``frames`` frames and may span several
-  episodes; ``groups`` identify rollouts, which is what splits are made by.
 * Rollouts ``0..U-1`` are "unaltered" and form the autoencoder split (80/20 train/val by
   rollout). Rollouts ``U..U+A-1`` are "altered": frames whose lander is off screen are dropped
   (kept: ``-1 <= x <= 1`` and ``-0.5 <= y <= 1.5``), then 80% of the rollouts form the probe split
   (itself 80/20 train/val by rollout) and 20% the test split. A rollout never appears in two
-  splits, and every split gets at least one rollout. (The frame spans about -0.59 <= y <= 1.41
-  and every episode starts at y ~ 1.41, so the paper's bound of 1.5 keeps some frames whose
-  lander centre is just above the top edge.)
+  splits, and every split gets at least one rollout. The file's info records how many altered
+  frames were dropped and why (``left``, ``right``, ``above``, ``below``: a frame off two
+  edges counts for both), and how many rollouts' episodes ended before their last frame.
 * Everything is deterministic from ``seed``: rollout ``i`` seeds its environment and action
   space from ``(seed, i)``, so the data does not depend on the number of worker processes; the
   rollouts are shuffled into splits with ``numpy.random.default_rng(seed)``.
@@ -31,6 +34,7 @@ The data is generated locally with gymnasium + Box2D and cached as one HDF5 file
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import multiprocessing
@@ -74,7 +78,9 @@ Y_BOUNDS = (-0.5, 1.5)
 VAL_FRACTION = 0.2
 TEST_FRACTION = 0.2
 #: Bumped when the file layout or the generation procedure changes (part of the fingerprint).
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: The resize's cubic coefficient (OpenCV's and torch's bicubic; Keys' classic is -0.5).
+CUBIC_A = -0.75
 
 _CHUNK_FRAMES = 64
 _INSTALL_HINT = "Install them with: pip install 'gymnasium[box2d]'."
@@ -173,7 +179,6 @@ def _require_box2d() -> None:
     try:
         import Box2D  # noqa: F401
         import gymnasium  # noqa: F401
-        import PIL  # noqa: F401
         import pygame  # noqa: F401
     except ImportError as exc:
         raise DataError(
@@ -195,52 +200,129 @@ def _make_env() -> Any:
         raise DataError(f"Cannot create {ENV_ID}: {exc}.", _INSTALL_HINT) from exc
 
 
-def collect_rollout(job: RolloutJob) -> tuple[np.ndarray, np.ndarray, int]:
-    """Collect one rollout (runs in a worker process).
+@functools.lru_cache(maxsize=8)
+def cubic_resize_weights(in_size: int, out_size: int, a: float = CUBIC_A) -> np.ndarray:
+    """The ``(out_size, in_size)`` matrix of OpenCV's ``INTER_CUBIC`` along one axis.
+
+    Output pixel ``i`` samples the input at ``(i + 0.5) * in_size / out_size - 0.5`` (pixel
+    centres aligned) with the four taps of the cubic convolution kernel of coefficient ``a``;
+    taps outside the image read the nearest edge pixel. The kernel is never widened when
+    shrinking, i.e. there is no anti-aliasing, exactly as OpenCV (and
+    ``torch.nn.functional.interpolate(mode="bicubic", antialias=False)``) compute it.
+    """
+    position = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5
+    first = np.floor(position).astype(np.int64)
+    fraction = position - first
+    weights = np.zeros((out_size, in_size))
+    rows = np.arange(out_size)
+    for offset in (-1, 0, 1, 2):
+        distance = np.abs(fraction - offset)
+        near = ((a + 2) * distance - (a + 3)) * distance**2 + 1
+        far = ((a * distance - 5 * a) * distance + 8 * a) * distance - 4 * a
+        kernel = np.where(distance <= 1, near, np.where(distance < 2, far, 0.0))
+        np.add.at(weights, (rows, np.clip(first + offset, 0, in_size - 1)), kernel)
+    return weights
+
+
+def resize_like_opencv_cubic(frame: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Resize an ``(H, W, 3)`` uint8 frame to uint8 ``(3, size, size)`` like ``INTER_CUBIC``.
+
+    Separable bicubic (a = -0.75, half-pixel centres, replicated edges, no anti-aliasing) in
+    float64, rounded to the nearest integer and clipped to [0, 255]. It agrees with
+    ``cv2.resize(frame, (size, size), interpolation=cv2.INTER_CUBIC)`` to within 1 on every
+    pixel (OpenCV rounds its weights to 11-bit fixed point).
+
+    Example:
+        >>> resize_like_opencv_cubic(np.zeros((400, 600, 3), np.uint8)).shape
+        (3, 64, 64)
+    """
+    height, width = frame.shape[:2]
+    rows = cubic_resize_weights(height, size)
+    cols = cubic_resize_weights(width, size)
+    planes = np.asarray(frame, dtype=np.float64).transpose(2, 0, 1)
+    resized = rows @ planes @ cols.T
+    return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+
+
+def offscreen_reasons(labels: np.ndarray) -> dict[str, int]:
+    """How many positions lie past each edge of the on-screen bounds (one may count twice).
+
+    Example:
+        >>> offscreen_reasons(np.array([[-1.5, 1.6], [0.0, 0.0]]))
+        {'left': 1, 'right': 0, 'above': 1, 'below': 0}
+    """
+    labels = np.asarray(labels)
+    x, y = labels[:, 0], labels[:, 1]
+    return {
+        "left": int((x < X_BOUNDS[0]).sum()),
+        "right": int((x > X_BOUNDS[1]).sum()),
+        "above": int((y > Y_BOUNDS[1]).sum()),
+        "below": int((y < Y_BOUNDS[0]).sum()),
+    }
+
+
+@dataclass
+class Rollout:
+    """One collected rollout (after the off-screen filter, for an altered one).
+
+    Attributes:
+        images: uint8 ``(n, 3, 64, 64)``.
+        labels: float32 ``(n, 2)`` lander positions.
+        collected: frames collected before the filter (the rollout's length).
+        dropped: frames the filter removed, by edge (zeros for an unaltered rollout).
+        ended_at: the frame index at which the episode terminated (the simulation then
+            stepped on), or ``None`` if it was still running at the last frame.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    collected: int
+    dropped: dict[str, int]
+    ended_at: int | None
+
+
+def collect_rollout(job: RolloutJob) -> Rollout:
+    """Collect one rollout (runs in a worker process): one reset, then ``frames - 1`` steps.
+
+    The episode's end does not stop or reset the simulation (see the module docstring).
 
     Args:
         job: seed, rollout index, number of frames and whether the off-screen filter applies.
 
     Returns:
-        ``(images, labels, n_collected)``: uint8 ``(n, 3, 64, 64)``, float32 ``(n, 2)`` and the
-        number of frames collected before the filter (``n == n_collected`` when unaltered).
+        The rollout's frames and labels, and what the filter dropped.
     """
-    from PIL import Image
-
     env = _make_env()
     try:
         env_seed, action_seed = rollout_seeds(job.seed, job.index)
         env.action_space.seed(action_seed)
         observation, _ = env.reset(seed=env_seed)
-        episode_over = False
+        ended_at = None
         images = np.empty((job.frames, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
         labels = np.empty((job.frames, 2), dtype=np.float32)
         for t in range(job.frames):
-            if t > 0 and episode_over:
-                # The terminal frame was kept; the rollout continues in a fresh episode.
-                observation, _ = env.reset()
-                episode_over = False
-            elif t > 0:
+            if t > 0:
+                # Past the episode's end too, as the authors' generator did (gymnasium's
+                # wrappers neither refuse nor warn about it; a test keeps it so).
                 observation, _, terminated, truncated, _ = env.step(env.action_space.sample())
-                episode_over = terminated or truncated
+                if (terminated or truncated) and ended_at is None:
+                    ended_at = t
             # Rendered after reset()/step(): the frame shows the state `observation` describes.
-            frame = Image.fromarray(env.render()).resize(
-                (IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC
-            )
-            images[t] = np.asarray(frame).transpose(2, 0, 1)
+            images[t] = resize_like_opencv_cubic(env.render())
             labels[t] = observation[:2]
     finally:
         env.close()
     if job.altered:
         keep = onscreen_mask(labels)
-        return images[keep], labels[keep], job.frames
-    return images, labels, job.frames
+        return Rollout(images[keep], labels[keep], job.frames, offscreen_reasons(labels[~keep]),
+                       ended_at)
+    return Rollout(images, labels, job.frames, offscreen_reasons(labels[:0]), ended_at)
 
 
 def _run_rollouts(
     jobs: list[RolloutJob],
     workers: int,
-    on_result: Callable[[RolloutJob, tuple[np.ndarray, np.ndarray, int]], None],
+    on_result: Callable[[RolloutJob, Rollout], None],
 ) -> None:
     """Collect ``jobs`` (in-process or in a spawn pool) and hand results over in job order."""
     if workers <= 1 or len(jobs) <= 1:
@@ -407,10 +489,12 @@ class LunarLanderTask:
             "altered_rollouts": altered,
             "frames": frames,
             "frame_size": IMAGE_SIZE,
-            "resample": "PIL bicubic from 600x400",
+            "resample": "bicubic a=-0.75, half-pixel centres, no anti-aliasing (OpenCV "
+                        "INTER_CUBIC), 600x400 to 64x64, rounded to uint8",
             "policy": "random: action_space.sample()",
             "pairing": "frame with the observation of the same state",
-            "on_termination": "keep terminal frame, reset, continue the rollout",
+            "on_termination": "never reset inside a rollout: the simulation steps on after the "
+                              "episode ends (as the authors' generator did)",
             "onscreen_bounds": {"x": list(X_BOUNDS), "y": list(Y_BOUNDS)},
             "val_fraction": VAL_FRACTION,
             "test_fraction": TEST_FRACTION,
@@ -431,7 +515,10 @@ def _generate(
     ]
     split_of = {int(i): code for code, split in enumerate(SPLITS) for i in assignment[split]}
     offsets = {name: [0, 0] for name in SPLITS}
-    counts = {"collected": 0, "altered_collected": 0, "altered_kept": 0}
+    counts: dict[str, Any] = {
+        "collected": 0, "altered_collected": 0, "altered_kept": 0, "episodes_ended": 0,
+        "end_frames": [], "dropped_by_edge": {"left": 0, "right": 0, "above": 0, "below": 0},
+    }
     start = time.perf_counter()
 
     with (
@@ -455,21 +542,25 @@ def _generate(
         rollout = h5.create_dataset("rollout", (0,), maxshape=(None,), dtype=np.int32)
         split = h5.create_dataset("split", (0,), maxshape=(None,), dtype=np.int8)
 
-        def append(job: RolloutJob, result: tuple[np.ndarray, np.ndarray, int]) -> None:
-            frame_images, frame_labels, collected = result
-            n, stop = len(frame_labels), images.shape[0] + len(frame_labels)
+        def append(job: RolloutJob, result: Rollout) -> None:
+            n, stop = len(result.labels), images.shape[0] + len(result.labels)
             if n:  # never 0 in practice: every episode starts on screen
                 for dataset in (images, labels, rollout, split):
                     dataset.resize(stop, axis=0)
-                images[stop - n : stop] = frame_images
-                labels[stop - n : stop] = frame_labels
+                images[stop - n : stop] = result.images
+                labels[stop - n : stop] = result.labels
                 rollout[stop - n : stop] = job.index
                 split[stop - n : stop] = split_of[job.index]
             offsets[SPLITS[split_of[job.index]]][1] += n
-            counts["collected"] += collected
+            counts["collected"] += result.collected
+            if result.ended_at is not None:
+                counts["episodes_ended"] += 1
+                counts["end_frames"].append(result.ended_at)
             if job.altered:
-                counts["altered_collected"] += collected
+                counts["altered_collected"] += result.collected
                 counts["altered_kept"] += n
+                for reason, dropped in result.dropped.items():
+                    counts["dropped_by_edge"][reason] += dropped
             rate = counts["collected"] / (time.perf_counter() - start)
             bar.advance(1, info=f"{rate:.0f} frames/s")
             crash_point("generate")
@@ -527,6 +618,8 @@ def _read_file(path: Path, data_fingerprint: str) -> tuple[TaskData | None, str 
         return None, f"the splits cover {position} of {n_frames} frames"
 
     collected = counts["altered_collected"]
+    rollouts = params["unaltered_rollouts"] + params["altered_rollouts"]
+    ends = counts.get("end_frames", [])
     info = {
         **params,
         "rollouts_per_split": info_rollouts,
@@ -534,5 +627,10 @@ def _read_file(path: Path, data_fingerprint: str) -> tuple[TaskData | None, str 
         "altered_frames_collected": collected,
         "altered_frames_kept": counts["altered_kept"],
         "altered_dropped_fraction": 1 - counts["altered_kept"] / collected if collected else 0.0,
+        # An off-screen frame past two edges (a corner) counts for both.
+        "altered_dropped_by_edge": counts.get("dropped_by_edge", {}),
+        "episodes_ended_within_rollout": counts.get("episodes_ended", 0),
+        "episodes_ended_fraction": counts.get("episodes_ended", 0) / rollouts,
+        "median_episode_end_frame": float(np.median(ends)) if ends else None,
     }
     return TaskData(splits=splits, fingerprint=data_fingerprint, path=path, info=info), None

@@ -9,6 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from rich.progress import Progress
+from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from embench.encoders.autoencoder import (
     AE,
@@ -94,34 +96,244 @@ def test_reconstruction_has_the_input_shape(size):
     assert 0 <= recon.min() and recon.max() <= 1  # sigmoid output
 
 
-@pytest.mark.parametrize("size", [64, 96])
-def test_fast_network_computes_the_textbook_function(size):
-    """Channels-last and the 1x1-seed matrix product change float rounding, nothing else:
-    same parameters and state dict as the plain NCHW network, same outputs and gradients."""
+# ----- the fast network computes the paper's function ---------------------------------------
+
+
+class PaperCVAE(nn.Module):
+    """Fig. 4 of the paper (DESIGN.md) written out layer by layer in plain ``torch.nn``, NCHW.
+
+    The reference the fast :class:`FourLayerCVAE` is checked against; it shares no code with it.
+    ``eps`` (the VAE's noise) is passed in, so both sides can decode the same sample.
+    """
+
+    def __init__(self, z_dim, image_size):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 32, kernel_size=4, stride=2)
+        self.bn1 = nn.BatchNorm2d(32)
+        self.conv2 = nn.Conv2d(32, 64, kernel_size=4, stride=2)
+        self.bn2 = nn.BatchNorm2d(64)
+        self.conv3 = nn.Conv2d(64, 128, kernel_size=4, stride=2)
+        self.bn3 = nn.BatchNorm2d(128)
+        self.conv4 = nn.Conv2d(128, 256, kernel_size=4, stride=2)
+        self.bn4 = nn.BatchNorm2d(256)
+        side = image_size
+        for _ in range(4):
+            side = (side - 4) // 2 + 1  # kernel 4, stride 2, no padding
+        self.fc_mu = nn.Linear(256 * side * side, z_dim)
+        self.fc_logvar = nn.Linear(256 * side * side, z_dim)
+        self.g = (image_size - 64) // 16 + 1
+        self.fc_seed = nn.Linear(z_dim, 1024 * self.g * self.g)
+        self.deconv1 = nn.ConvTranspose2d(1024, 128, kernel_size=5, stride=2)
+        self.dbn1 = nn.BatchNorm2d(128)
+        self.deconv2 = nn.ConvTranspose2d(128, 64, kernel_size=5, stride=2)
+        self.dbn2 = nn.BatchNorm2d(64)
+        self.deconv3 = nn.ConvTranspose2d(64, 32, kernel_size=6, stride=2)
+        self.dbn3 = nn.BatchNorm2d(32)
+        self.deconv4 = nn.ConvTranspose2d(32, 3, kernel_size=6, stride=2)
+
+    def forward(self, x, eps=None):
+        h = F.relu(self.bn1(self.conv1(x)))
+        h = F.relu(self.bn2(self.conv2(h)))
+        h = F.relu(self.bn3(self.conv3(h)))
+        h = F.relu(self.bn4(self.conv4(h))).flatten(1)
+        mu, logvar = self.fc_mu(h), self.fc_logvar(h)
+        z = mu if eps is None else mu + eps * torch.exp(0.5 * logvar)
+        h = F.relu(self.fc_seed(z)).view(-1, 1024, self.g, self.g)
+        h = F.relu(self.dbn1(self.deconv1(h)))
+        h = F.relu(self.dbn2(self.deconv2(h)))
+        h = F.relu(self.dbn3(self.deconv3(h)))
+        return torch.sigmoid(self.deconv4(h)), mu, logvar
+
+
+#: FourLayerCVAE module -> PaperCVAE module; every tensor keeps its own name (weight, bias,
+#: running_mean, ...) under the mapped module.
+FAST_TO_PAPER = {
+    "encoder.0": "conv1", "encoder.1": "bn1", "encoder.3": "conv2", "encoder.4": "bn2",
+    "encoder.6": "conv3", "encoder.7": "bn3", "encoder.9": "conv4", "encoder.10": "bn4",
+    "mu": "fc_mu", "logvar": "fc_logvar", "decoder.0": "fc_seed",
+    "decoder.3": "deconv1", "decoder.4": "dbn1", "decoder.6": "deconv2", "decoder.7": "dbn2",
+    "decoder.9": "deconv3", "decoder.10": "dbn3", "decoder.12": "deconv4",
+}
+#: Convolutions followed by a train-mode BatchNorm: it subtracts the batch mean, so their bias
+#: cannot change the output and its exact gradient is 0 (both sides get rounding noise).
+BIAS_BEFORE_BATCHNORM = ("conv1", "conv2", "conv3", "conv4", "deconv1", "deconv2", "deconv3")
+GAMMA = 0.01  # the paper's KLD weight
+BATCH = 5
+# Tolerances. The networks sum the same products in another order (NHWC kernels, one addmm for
+# the 1x1 seed), so they differ by rounding only. In float64 that is ~1e-14 (measured over 20
+# inputs: outputs <= 5.2e-15, gradients <= 1.4e-14 of each tensor's largest entry), so the
+# bounds below have >= 1e4 headroom and still sit 1e4 below float32 rounding: a float32 detour
+# or any wrong weight, layer, reshape or noise draw fails them. Gradients are compared only in
+# float64: in float32 a ReLU input within ~1e-6 of 0 can fall on either side in the two
+# networks, which moved a gradient by up to 4% of its scale for 2 of 20 inputs at each size.
+F64_OUTPUT_ATOL = 1e-10
+F64_GRAD_TOL = 1e-9  # of each gradient tensor's largest magnitude (and elementwise, relative)
+# float32 forward: measured up to 9.8e-6 over 20 inputs (train-mode BatchNorm on 5 images
+# amplifies rounding), so 1e-5 would have no headroom; a real error moves outputs by >1e-2.
+F32_OUTPUT_ATOL = 5e-5
+
+
+def fast_and_paper_networks(size, dtype):
+    """A FourLayerCVAE with every tensor random and a PaperCVAE loaded with the same values."""
     torch.manual_seed(0)
     fast = FourLayerCVAE(z_dim=Z, image_size=size)
-    torch.manual_seed(0)
-    plain = FourLayerCVAE(z_dim=Z, image_size=size, textbook=True)
-    fast_state, plain_state = fast.state_dict(), plain.state_dict()
-    assert list(fast_state) == list(plain_state)
-    assert all(torch.equal(fast_state[k], plain_state[k]) for k in fast_state)
-    assert type(plain.decoder[3]) is torch.nn.ConvTranspose2d
-    assert fast.encoder[0].weight.is_contiguous(memory_format=torch.channels_last)
-    x = torch.rand(6, 3, size, size)
-    outputs = []
-    for net in (fast, plain):
-        recon, mu, _ = net(x)
-        F.mse_loss(recon, x).backward()
-        outputs.append((recon, mu, [p.grad for p in net.parameters()]))
-    (recon_a, mu_a, grads_a), (recon_b, mu_b, grads_b) = outputs
-    torch.testing.assert_close(recon_a, recon_b, rtol=0, atol=1e-5)
-    torch.testing.assert_close(mu_a, mu_b, rtol=0, atol=1e-5)
-    for grad_a, grad_b in zip(grads_a, grads_b, strict=True):
-        torch.testing.assert_close(grad_a, grad_b, rtol=1e-3, atol=1e-5)
-    # At 64 px the decoder's seed is 1x1 and takes the matrix product; its output is NHWC.
-    seed = fast.decoder[:3](mu_a.detach())
-    assert seed.shape[-2:] == ((1, 1) if size == 64 else (3, 3))
-    assert fast.decoder[3](seed).is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():  # default BatchNorm (1, 0, 0, 1) would hide a weight/bias/stat mix-up
+        for module in fast.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.num_batches_tracked.fill_(3)
+    paper = PaperCVAE(Z, size)
+    fast_state, paper_state = fast.state_dict(), paper.state_dict()
+    for net, state in ((fast, fast_state), (paper, paper_state)):
+        assert {n for n, _ in net.named_parameters()} | {n for n, _ in net.named_buffers()} \
+            == set(state)
+    names = {}
+    for name in fast_state:
+        module, _, tensor = name.rpartition(".")
+        names[name] = f"{FAST_TO_PAPER[module]}.{tensor}"
+    assert sorted(names.values()) == sorted(paper_state)  # onto, and one-to-one
+    assert len(set(names.values())) == len(names) == len(paper_state)
+    paper.load_state_dict({names[k]: v for k, v in fast_state.items()}, strict=True)
+    fast.to(dtype).train()
+    paper.to(dtype).train()
+    paper_state = paper.state_dict()
+    for name, value in fast.state_dict().items():
+        assert torch.equal(value, paper_state[names[name]]), name
+    return fast, paper, names
+
+
+def is_nhwc(t):
+    """Channels-last in memory and not NCHW-contiguous: stride 1 along C, C along W."""
+    return (t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+            and t.stride(1) == 1 and t.stride(3) == t.shape[1])
+
+
+class _CalledFunctions(TorchFunctionMode):
+    """Names of the torch functions called while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.append(getattr(func, "__name__", repr(func)))
+        return func(*args, **(kwargs or {}))
+
+
+def record_layouts_and_seed_calls(net, seed_layer):
+    """Record every conv/BatchNorm output of ``net`` and the functions ``seed_layer`` calls."""
+    outputs, seed_calls = {}, _CalledFunctions()
+    for name, module in net.named_modules():
+        if isinstance(module, nn.Conv2d | nn.ConvTranspose2d | nn.BatchNorm2d):
+            module.register_forward_hook(
+                lambda _m, _a, out, name=name: outputs.__setitem__(name, out.detach()))
+    forward = seed_layer.forward
+
+    def recorded_forward(*args, **kwargs):
+        with seed_calls:
+            return forward(*args, **kwargs)
+
+    seed_layer.forward = recorded_forward
+    return outputs, seed_calls.names
+
+
+def run_fast_and_paper(size, dtype):
+    """Both networks, train mode, on the same images and noise; outputs and what ran."""
+    fast, paper, names = fast_and_paper_networks(size, dtype)
+    fast_layers, seed_calls = record_layouts_and_seed_calls(fast, fast.decoder[3])
+    paper_layers, _ = record_layouts_and_seed_calls(paper, paper.deconv1)
+    x = torch.rand(BATCH, 3, size, size, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    eps = torch.randn(BATCH, Z, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    # the fast model draws the noise itself: N(0, 1), shape (N, z), from the generator given
+    fast_out = fast(x, sample=True, generator=torch.Generator().manual_seed(2))
+    paper_out = paper(x, eps)
+    assert all(t.dtype == dtype for t in (*fast_out, *paper_out))
+    atol = F64_OUTPUT_ATOL if dtype == torch.float64 else F32_OUTPUT_ATOL
+    for what, a, b in zip(("recon", "mu", "logvar"), fast_out, paper_out, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=atol, msg=lambda m, w=what: f"{w}: {m}")
+    # Running statistics of the same batch: the only trace of a bias before a BatchNorm.
+    paper_state = paper.state_dict()
+    for name, value in fast.state_dict().items():
+        torch.testing.assert_close(value, paper_state[names[name]], rtol=0, atol=atol,
+                                   msg=lambda m, n=name: f"{n}: {m}")
+
+    # How the fast model got there: NHWC weights and activations (the plain path is NCHW) ...
+    for name, module in fast.named_modules():
+        if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+            assert is_nhwc(module.weight), name
+    assert not any(is_nhwc(m.weight) for m in paper.modules()
+                   if isinstance(m, nn.Conv2d | nn.ConvTranspose2d))
+    assert len(fast_layers) == len(paper_layers) == 15  # 7 convs + 7 BatchNorms + last deconv
+    assert all(is_nhwc(out) for out in fast_layers.values()), fast_layers.keys()
+    assert all(out.is_contiguous() and not is_nhwc(out) for out in paper_layers.values())
+    assert is_nhwc(fast_out[0])
+    # ... and the first transposed convolution as one matrix product where the seed is 1x1
+    # (64 px); at 96 px the seed is 3x3 and it is an ordinary transposed convolution.
+    seed_side = {64: 1, 96: 3}[size]
+    assert fast.decoder[2].unflattened_size == (1024, seed_side, seed_side)
+    if size == 64:
+        assert seed_calls.count("addmm") == 1 and "conv_transpose2d" not in seed_calls
+    else:
+        assert seed_calls.count("conv_transpose2d") == 1 and "addmm" not in seed_calls
+    return fast, paper, names, x, fast_out, paper_out
+
+
+@pytest.fixture(scope="module")
+def random_perceptual_network():
+    from embench.encoders.perceptual import build_perceptual_network
+
+    # The equivalence is about the autoencoder's math; fixed random AlexNet weights suffice.
+    return build_perceptual_network("alexnet", layer=5, weights="random").double()
+
+
+@pytest.mark.parametrize("loss", ["vae", "p_vae"])
+@pytest.mark.parametrize("size", [64, 96])
+def test_fast_network_computes_the_papers_network(size, loss, random_perceptual_network):
+    """FourLayerCVAE (channels-last, 1x1 seed as one addmm) == Fig. 4 in plain torch.nn.
+
+    float64, train mode (batch statistics), same weights, images and noise: the same
+    reconstruction, mu, logvar, updated BatchNorm statistics and gradient of every parameter,
+    under the VAE loss (pixel MSE + γ·KLD) and the P.VAE loss (perceptual MSE + γ·KLD).
+    """
+    fast, paper, names, x, fast_out, paper_out = run_fast_and_paper(size, torch.float64)
+    p = random_perceptual_network if loss == "p_vae" else None
+
+    def vae_loss(recon, mu, logvar):
+        reconstruction = F.mse_loss(recon, x) if p is None else F.mse_loss(p(recon), p(x))
+        kld = -torch.mean(1 + logvar - mu.pow(2) - logvar.exp())
+        return reconstruction + GAMMA * kld
+
+    vae_loss(*fast_out).backward()
+    vae_loss(*paper_out).backward()
+
+    paper_parameters = dict(paper.named_parameters())
+    assert len(paper_parameters) == len(dict(fast.named_parameters())) == 36
+    for name, parameter in fast.named_parameters():
+        grad, expected = parameter.grad, paper_parameters[names[name]].grad
+        assert grad is not None and expected is not None, name
+        module, _, tensor = names[name].rpartition(".")
+        if module in BIAS_BEFORE_BATCHNORM and tensor == "bias":
+            weight_scale = paper_parameters[f"{module}.weight"].grad.abs().max()
+            assert grad.abs().max() <= F64_GRAD_TOL * weight_scale, name
+            assert expected.abs().max() <= F64_GRAD_TOL * weight_scale, name
+            continue
+        scale = expected.abs().max().item()
+        assert scale > 0, name
+        torch.testing.assert_close(grad, expected, rtol=F64_GRAD_TOL, atol=F64_GRAD_TOL * scale,
+                                   msg=lambda m, n=name: f"grad of {n}: {m}")
+    for net in (fast, paper):  # logvar is trained (through the noise and the KLD)
+        head = net.logvar if net is fast else net.fc_logvar
+        assert head.weight.grad.abs().max() > 0 and head.bias.grad.abs().min() > 0
+
+
+@pytest.mark.parametrize("size", [64, 96])
+def test_fast_network_computes_the_papers_network_in_float32(size):
+    """The training precision: same outputs and BatchNorm statistics (to float32 rounding),
+    same channels-last layout and seed path."""
+    run_fast_and_paper(size, torch.float32)
 
 
 def expected_parameter_count(z, size):

@@ -86,7 +86,7 @@ def test_smoke_run_twice_reuses_checkpoint_and_embeddings(runner, tmp_path, monk
     assert record["cache"] == {"checkpoint_hit": True, "embedding_cache_hit": True}
     assert record["test"]["mlp"] >= 0 and record["test"]["baseline"] > 0
     assert record["split_sizes"]["test"] > 0
-    assert len(record["probes"]["candidates"]) == 19
+    assert len(record["probes"]["candidates"]) == 20  # linear, least squares, 18 MLPs
 
 
 def test_data_command_prepares_task(runner, tmp_path):

@@ -5,7 +5,15 @@ import pytest
 from click.testing import CliRunner
 
 from embench.cli import main
-from embench.leaderboard import load_records, mean_ci, render_markdown
+from embench.leaderboard import (
+    best_reconstructions,
+    decoder_mode,
+    group_records,
+    load_records,
+    mean_ci,
+    render_markdown,
+    render_reconstruction_table,
+)
 from embench.results import SCHEMA_VERSION
 from embench.storage import CODE_VERSION, fingerprint
 
@@ -13,7 +21,13 @@ GOLDEN = Path(__file__).parent / "golden" / "leaderboard.md"
 
 
 def make_record(encoder, z, seed, mlp, linear, baseline=33.0, preset="quick", task="lunarlander",
-                version=CODE_VERSION):
+                version=CODE_VERSION, l1_after=None, l1_before=None, decoder_init="finetune",
+                decoder_epochs=15):
+    """A valid record; with ``l1_after`` it carries reconstruction results (Table VIII).
+
+    ``decoder_init`` may be "finetune", "reinitialize", a bool (an older record that only has
+    ``retraining.reinitialized``) or None (neither key).
+    """
     config = {"z_dim": z, "seed": seed}
     spec = f"embench.encoders.x:{encoder}"
     data = f"data-{task}-{preset}"
@@ -21,7 +35,7 @@ def make_record(encoder, z, seed, mlp, linear, baseline=33.0, preset="quick", ta
     protocol = {"task": task, "data": data, "preset": {"probe_epochs": 300 if preset == "quick"
                                                        else 500}}
     protocol["fingerprint"] = fingerprint("protocol", protocol, version=version)
-    return {
+    record = {
         "schema_version": SCHEMA_VERSION, "embench_version": version,
         "encoder": encoder, "encoder_spec": spec, "task": task, "preset": preset,
         "z_dim": z, "seed": seed, "device": "cpu", "encoder_config": config,
@@ -33,13 +47,31 @@ def make_record(encoder, z, seed, mlp, linear, baseline=33.0, preset="quick", ta
         "probes": {}, "test": {"mlp": mlp, "linear": linear, "baseline": baseline},
         "timings": {}, "versions": {}, "created": "2026-11-25T12:00:00+00:00",
     }
+    if l1_after is not None:
+        retraining = {"n_epochs": decoder_epochs, "best_epoch": decoder_epochs - 1}
+        recon = {"test_l1_before": 2 * l1_after if l1_before is None else l1_before,
+                 "test_l1_after": l1_after, "decoder_epochs": decoder_epochs,
+                 "retraining": retraining,
+                 "grid_rows": ["original", "before retraining", "after retraining"],
+                 "grid": f"{encoder}-z{z}-seed{seed}-{preset}.png"}
+        if isinstance(decoder_init, str):
+            recon["decoder_init"] = decoder_init
+            retraining["reinitialized"] = decoder_init == "reinitialize"
+        elif isinstance(decoder_init, bool):
+            retraining["reinitialized"] = decoder_init
+        record["reconstruction"] = recon
+    return record
 
 
 def fixed_records():
+    # One pinned version: the golden file must not change with every version bump.
+    def record(*args):
+        return make_record(*args, version="embench-0.2.0")
+
     return [
-        make_record("ae", 32, 0, 13.0, 14.0), make_record("ae", 64, 0, 12.5, 13.5),
-        make_record("p_vae", 32, 0, 2.0, 7.0), make_record("p_vae", 32, 1, 2.4, 7.2),
-        make_record("p_vae", 64, 0, 1.5, 6.0), make_record("pca", 32, 0, 9.0, 10.0),
+        record("ae", 32, 0, 13.0, 14.0), record("ae", 64, 0, 12.5, 13.5),
+        record("p_vae", 32, 0, 2.0, 7.0), record("p_vae", 32, 1, 2.4, 7.2),
+        record("p_vae", 64, 0, 1.5, 6.0), record("pca", 32, 0, 9.0, 10.0),
     ]
 
 
@@ -165,3 +197,141 @@ def test_an_older_record_of_the_same_cell_is_superseded_not_averaged():
     text = render_markdown([old, new])
     assert "| 32 | **13.00** (paper 13.44) |" in text and "20.00" not in text
     assert "1 seed(s) (0) · 1 run(s) (1 older record(s) of the same cells superseded)" in text
+
+
+def _recon_group(records):
+    (group,) = group_records(records)
+    return group
+
+
+def _table_rows(text):
+    """Table VIII's rows as {encoder label: [cells]}."""
+    block = text.split("**Table VIII")[1]
+    rows = [line.strip("|").split(" | ") for line in block.splitlines() if line.startswith("| ")]
+    return {row[0].strip(): [c.strip() for c in row[1:]] for row in rows[1:]}
+
+
+def reconstruction_records(task="lunarlander", **kw):
+    """Two seeds at z 32 and 64 per type; the seed mean decides the best z, not the best seed.
+
+    ae: z32 0.010 / 0.030 (mean 0.020, best single seed 0.010), z64 0.015 / 0.017 (mean 0.016)
+    -> best z 64. p_ae: z32 0.020 / 0.024 (mean 0.022), z64 0.040 / 0.044 -> best z 32.
+    """
+    values = {("ae", 32): (0.010, 0.030), ("ae", 64): (0.015, 0.017),
+              ("p_ae", 32): (0.020, 0.024), ("p_ae", 64): (0.040, 0.044)}
+    return [make_record(e, z, seed, 5.0, 6.0, task=task, l1_after=l1,
+                        l1_before=l1 + 0.01 * (seed + 1), **kw)
+            for (e, z), l1s in values.items() for seed, l1 in enumerate(l1s)]
+
+
+def test_best_z_is_chosen_by_the_seed_mean_not_the_best_seed():
+    rows = best_reconstructions(_recon_group(reconstruction_records()))
+    assert [(r.encoder, r.z, len(r.records)) for r in rows] == [("ae", 64, 2), ("p_ae", 32, 2)]
+    assert rows[0].l1_after == pytest.approx(0.016)
+    assert rows[0].zs == (32, 64)
+
+
+def test_reconstruction_table_relative_percentages_and_paper_row():
+    text = render_reconstruction_table(_recon_group(reconstruction_records()))
+    rows = _table_rows(text)
+    assert list(rows) == ["AE", "P. AE"]   # paper order
+    mean, ci = mean_ci([0.015, 0.017])
+    assert rows["AE"] == ["64 (of 32, 64)", "2", f"{mean:.4f} ± {ci:.4f}",
+                          f"{mean_ci([0.025, 0.037])[0]:.4f} ± {mean_ci([0.025, 0.037])[1]:.4f}",
+                          "**100%**", "93%"]
+    # lowest / own = 0.016 / 0.022 = 72.7%; the paper's Table VIII row beside it
+    assert rows["P. AE"][4:] == ["73%", "100%"]
+    assert "| Encoder | best z | seeds | test L1 after retraining | test L1 before | " \
+           "relative (ours) | relative (paper) |" in text
+    assert "lowest, averaged over seeds" in text
+    assert "ours to the types shown here" in text   # only two of the paper's four types
+
+
+def test_reconstruction_table_with_all_paper_types_orders_them_like_the_paper():
+    records = [make_record(e, 64, 0, 5.0, 6.0, task="stl10", l1_after=l1)
+               for e, l1 in (("p_vae", 0.05), ("vae", 0.022), ("ae", 0.02), ("p_ae", 0.04))]
+    for r in records:
+        r["metric"] = {"name": "accuracy", "direction": "higher"}
+        r["test"] = {"mlp": 0.5, "linear": 0.4, "baseline": 0.1}
+    text = render_reconstruction_table(_recon_group(records))
+    rows = _table_rows(text)
+    assert list(rows) == ["AE", "VAE", "P. AE", "P. VAE"]
+    assert [row[4:6] for row in rows.values()] == [
+        ["**100%**", "100%"], ["91%", "92%"], ["50%", "60%"], ["40%", "44%"]]
+    assert "ours to the types shown" not in text
+
+
+def test_reconstruction_table_on_the_board_after_the_probe_tables():
+    text = render_markdown(reconstruction_records())
+    assert text.count("**Table VIII") == 1
+    assert text.index("linear regressors") < text.index("**Table VIII") \
+        < text.index("Reconstructions (original")
+
+
+@pytest.mark.parametrize("init, expected", [
+    ("finetune", "Decoder retraining: fine-tuned from the trained decoder (`finetune`), "
+                 "at most 15 epochs"),
+    ("reinitialize", "Decoder retraining: re-initialised and trained from scratch "
+                     "(`reinitialize`), at most 15 epochs"),
+    (True, "(`reinitialize`), at most 15 epochs"),      # older record: retraining.reinitialized
+    (False, "(`finetune`), at most 15 epochs"),
+    (None, "Decoder retraining: not recorded, at most 15 epochs"),
+])
+def test_decoder_retraining_mode_is_stated(init, expected):
+    records = reconstruction_records(decoder_init=init)
+    text = render_reconstruction_table(_recon_group(records))
+    assert expected in text
+    assert "decoder retraining |" not in text   # one mode: no per-row column
+
+
+def test_decoder_mode_reads_new_and_old_records():
+    assert decoder_mode(make_record("ae", 32, 0, 1.0, 1.0, l1_after=0.01,
+                                    decoder_init="reinitialize")) == "reinitialize"
+    assert decoder_mode(make_record("ae", 32, 0, 1.0, 1.0, l1_after=0.01,
+                                    decoder_init=False)) == "finetune"
+    assert decoder_mode(make_record("ae", 32, 0, 1.0, 1.0, l1_after=0.01,
+                                    decoder_init=None)) == "not recorded"
+
+
+def test_mixed_decoder_modes_are_flagged_and_shown_per_row():
+    records = reconstruction_records()
+    for r in records:
+        if r["encoder"] == "p_ae":
+            r["reconstruction"]["decoder_init"] = "reinitialize"
+            r["reconstruction"]["decoder_epochs"] = 5
+    text = render_reconstruction_table(_recon_group(records))
+    assert "mixes modes in this group (finetune, reinitialize)" in text
+    rows = _table_rows(text)
+    assert rows["AE"][-1] == "finetune, at most 15 epochs"
+    assert rows["P. AE"][-1] == "reinitialize, at most 5 epochs"
+
+
+def test_mixed_with_not_recorded_is_flagged():
+    records = reconstruction_records()
+    del records[-1]["reconstruction"]["decoder_init"]
+    del records[-1]["reconstruction"]["retraining"]["reinitialized"]
+    text = render_reconstruction_table(_recon_group(records))
+    assert "mixes modes in this group (finetune, not recorded)" in text
+    assert _table_rows(text)["P. AE"][-1] == "finetune, at most 15 epochs"  # best z is 32
+
+
+def test_no_reconstruction_table_without_reconstruction_results():
+    assert render_reconstruction_table(_recon_group(fixed_records())) is None
+    assert "Table VIII" not in render_markdown(fixed_records())
+
+
+def test_records_without_reconstruction_are_left_out_of_the_table():
+    records = reconstruction_records() + [make_record("pca", 32, 0, 9.0, 10.0)]
+    rows = _table_rows(render_reconstruction_table(_recon_group(records)))
+    assert list(rows) == ["AE", "P. AE"]
+
+
+def test_a_non_paper_task_gets_the_table_without_a_paper_column():
+    records = reconstruction_records(task="mytask") + [
+        make_record("my_ae", 16, 0, 5.0, 6.0, task="mytask", l1_after=0.008)]
+    text = render_reconstruction_table(_recon_group(records))
+    assert "relative (paper)" not in text and "paper's column" not in text
+    rows = _table_rows(text)
+    assert list(rows) == ["AE", "P. AE", "my_ae"]  # paper types first, then the others
+    assert rows["my_ae"] == ["16 (of 16)", "1", "0.0080", "0.0160", "**100%**"]
+    assert rows["AE"][-1] == "50%"   # 0.008 / 0.016

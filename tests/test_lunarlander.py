@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 
+import cv2
 import h5py
 import numpy as np
 import pytest
@@ -28,7 +29,9 @@ from embench.tasks.lunarlander import (
     RolloutJob,
     assign_splits,
     collect_rollout,
+    offscreen_reasons,
     onscreen_mask,
+    resize_like_opencv_cubic,
     rollout_seeds,
 )
 from embench.testing import check_task, check_task_data
@@ -65,7 +68,7 @@ def data(home):
 
 @pytest.fixture(scope="module")
 def long_rollouts():
-    """150-frame unaltered rollouts: 1 crosses an episode end, 10 leaves the screen."""
+    """150-frame unaltered rollouts: 1 ends its episode early, 10 leaves the screen."""
     return {
         i: collect_rollout(RolloutJob(seed=0, index=i, frames=150, altered=False)) for i in (1, 10)
     }
@@ -96,12 +99,12 @@ def label_to_pixel(labels: np.ndarray) -> np.ndarray:
 
 
 def test_frame_shows_the_state_of_its_own_label(long_rollouts):
-    images, labels, _ = long_rollouts[10]
+    images, labels = long_rollouts[10].images, long_rollouts[10].labels
     centre, count = lander_centroid(images)
     expected = label_to_pixel(labels)
     # Frames with the whole lander in view (it starts half cut off by the top edge).
     inside = np.all((expected > 4) & (expected < 60), axis=1) & (count > 3)
-    assert inside.sum() > 50
+    assert inside.sum() > 30
     same = np.linalg.norm(centre - expected, axis=1)[inside]
     # What the authors' script did: frame t labelled with the state one step later.
     following = np.linalg.norm(centre[:-1] - expected[1:], axis=1)[inside[:-1]]
@@ -109,36 +112,97 @@ def test_frame_shows_the_state_of_its_own_label(long_rollouts):
     assert following.mean() > 2 * same.mean()
 
 
-def test_rollout_matches_a_run_by_hand(long_rollouts):
-    """Same seeds, same frames; labels are the lander body's position when it was rendered."""
+def rendered_frames(n: int = 40, seed: int = 3) -> list[np.ndarray]:
+    """Real 600x400 LunarLander renders of a random flight (lander, flags, terrain, flames)."""
     import gymnasium
+
+    env = gymnasium.make("LunarLander-v3", render_mode="rgb_array")
+    env.action_space.seed(seed)
+    env.reset(seed=seed)
+    frames = []
+    for _ in range(n):
+        frames.append(env.render())
+        env.unwrapped.step(env.action_space.sample())
+    env.close()
+    return frames
+
+
+def test_frames_are_resized_like_opencv_inter_cubic():
+    frames = rendered_frames()
+    ours = np.stack([resize_like_opencv_cubic(f) for f in frames]).astype(np.int16)
+    reference = np.stack(
+        [cv2.resize(f, (64, 64), interpolation=cv2.INTER_CUBIC).transpose(2, 0, 1) for f in frames]
+    ).astype(np.int16)
+    assert ours.shape == (40, 3, 64, 64)
+    assert np.abs(ours - reference).max() <= 1
+    # PIL's bicubic anti-aliases when it shrinks: it would fail the bound above by far, and it
+    # blurs the small lander into the sky (fewer pixels keep the body's colour).
     from PIL import Image
 
-    images, labels, collected = long_rollouts[1]
-    assert collected == 150 and images.shape == (150, 3, 64, 64) and labels.shape == (150, 2)
+    smoothed = np.stack(
+        [np.asarray(Image.fromarray(f).resize((64, 64), Image.Resampling.BICUBIC))
+         .transpose(2, 0, 1) for f in frames]
+    ).astype(np.int16)
+    assert np.abs(ours - smoothed).max() > 40
+    assert body_pixels(ours).mean() > 1.4 * body_pixels(smoothed).mean()
+
+
+def body_pixels(images: np.ndarray) -> np.ndarray:
+    """Pixels per frame within a small distance of the lander body's colour (128, 102, 230)."""
+    body = np.array([128, 102, 230]).reshape(1, 3, 1, 1)
+    return (np.abs(images.astype(np.int16) - body).sum(axis=1) < 40).sum(axis=(1, 2))
+
+
+def test_resize_is_exact_on_constant_and_upsampled_images():
+    flat = np.full((400, 600, 3), 77, dtype=np.uint8)
+    np.testing.assert_array_equal(resize_like_opencv_cubic(flat), 77)
+    ramp = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    for size in (3, 64):
+        expected = cv2.resize(ramp, (size, size), interpolation=cv2.INTER_CUBIC)
+        got = resize_like_opencv_cubic(ramp, size).transpose(1, 2, 0).astype(np.int16)
+        assert np.abs(got - expected).max() <= 1
+
+
+def test_rollout_matches_a_run_by_hand(long_rollouts):
+    """One reset, then steps on past the episode's end: frames and labels as done by hand."""
+    import gymnasium
+
+    rollout = long_rollouts[1]
+    assert rollout.collected == 150 and rollout.images.shape == (150, 3, 64, 64)
+    assert rollout.labels.shape == (150, 2)
+    assert rollout.ended_at is not None and rollout.ended_at < 140, "pick an index that ends"
     env = gymnasium.make("LunarLander-v3", render_mode="rgb_array")
     env_seed, action_seed = rollout_seeds(0, 1)
     env.action_space.seed(action_seed)
     env.reset(seed=env_seed)
     lander = env.unwrapped
-    expected_images, expected_labels, resets, over = [], [], 0, False
+    expected_images, expected_labels, ended = [], [], None
     for t in range(150):
-        if t and over:
-            env.reset()
-            resets, over = resets + 1, False
-        elif t:
-            _, _, terminated, truncated, _ = env.step(env.action_space.sample())
-            over = terminated or truncated
-        frame = Image.fromarray(env.render()).resize((64, 64), Image.Resampling.BICUBIC)
-        expected_images.append(np.asarray(frame).transpose(2, 0, 1))
+        if t:
+            _, _, terminated, truncated, _ = lander.step(env.action_space.sample())
+            ended = t if ended is None and (terminated or truncated) else ended
+        expected_images.append(
+            cv2.resize(lander.render(), (64, 64), interpolation=cv2.INTER_CUBIC).transpose(2, 0, 1)
+        )
         pos = lander.lander.position  # what this very frame shows
         expected_labels.append([(pos.x - 10.0) / 10.0, (pos.y - lander.helipad_y - 0.6) / (20 / 3)])
     env.close()
-    assert resets >= 1, "this rollout should cross an episode end; pick another index"
-    np.testing.assert_array_equal(images, np.stack(expected_images))
-    np.testing.assert_allclose(labels, np.array(expected_labels), atol=1e-5)
+    assert rollout.ended_at == ended
+    difference = np.abs(rollout.images.astype(np.int16) - np.stack(expected_images))
+    assert difference.max() <= 1
+    np.testing.assert_allclose(rollout.labels, np.array(expected_labels), atol=1e-5)
     # Sanity: the check above would catch labels shifted by one step.
-    assert np.abs(labels[:-1] - np.array(expected_labels)[1:]).max() > 1e-3
+    assert np.abs(rollout.labels[:-1] - np.array(expected_labels)[1:]).max() > 1e-3
+    # Never reset: no jump back to the start position (top centre) after the episode ended.
+    jumps = np.linalg.norm(np.diff(rollout.labels, axis=0), axis=1)
+    assert jumps.max() < 0.2
+
+
+def test_stepping_past_the_end_warns_nothing(recwarn):
+    rollout = collect_rollout(RolloutJob(seed=0, index=1, frames=150, altered=False))
+    assert rollout.ended_at is not None
+    ours = [w for w in recwarn if "gymnasium" in str(w.filename) or "step" in str(w.message)]
+    assert not ours, [str(w.message) for w in ours]
 
 
 # -- splits -------------------------------------------------------------------------------------
@@ -221,15 +285,22 @@ def test_onscreen_mask_keeps_exactly_the_bounds(dtype):
 def test_altered_rollouts_drop_exactly_the_off_screen_frames(data, long_rollouts):
     for name in (PROBE_TRAIN, PROBE_VAL, TEST):
         assert onscreen_mask(data.splits[name].labels).all()
-    images, labels, _ = long_rollouts[10]
+    images, labels = long_rollouts[10].images, long_rollouts[10].labels
     keep = onscreen_mask(labels)
     assert 0 < keep.sum() < len(keep), "this rollout should leave the screen; pick another index"
-    kept_images, kept_labels, collected = collect_rollout(
-        RolloutJob(seed=0, index=10, frames=150, altered=True)
-    )
-    assert collected == 150
-    np.testing.assert_array_equal(kept_labels, labels[keep])
-    np.testing.assert_array_equal(kept_images, images[keep])
+    altered = collect_rollout(RolloutJob(seed=0, index=10, frames=150, altered=True))
+    assert altered.collected == 150
+    np.testing.assert_array_equal(altered.labels, labels[keep])
+    np.testing.assert_array_equal(altered.images, images[keep])
+    assert altered.dropped == offscreen_reasons(labels[~keep])
+    assert sum(altered.dropped.values()) >= (~keep).sum() > 0
+    assert long_rollouts[10].dropped == {"left": 0, "right": 0, "above": 0, "below": 0}
+
+
+def test_offscreen_reasons_name_each_edge():
+    labels = np.array([[-1.01, 0.0], [1.01, 0.0], [0.0, 1.51], [0.0, -0.51], [1.2, -0.6],
+                       [1.0, 1.5]])
+    assert offscreen_reasons(labels) == {"left": 1, "right": 2, "above": 1, "below": 2}
 
 
 # -- determinism --------------------------------------------------------------------------------
@@ -331,6 +402,12 @@ def test_file_layout_and_info(data):
     assert info["env_id"] == "LunarLander-v3" and info["seed"] == 0
     assert (info["unaltered_rollouts"], info["altered_rollouts"], info["frames"]) == (3, 5, 20)
     assert 0.0 <= info["altered_dropped_fraction"] < 1.0
+    dropped = info["altered_frames_collected"] - info["altered_frames_kept"]
+    assert set(info["altered_dropped_by_edge"]) == {"left", "right", "above", "below"}
+    assert sum(info["altered_dropped_by_edge"].values()) >= dropped
+    assert 0 <= info["episodes_ended_within_rollout"] <= UNALTERED + ALTERED
+    assert "never reset" in info["on_termination"] and "INTER_CUBIC" in info["resample"]
+    assert info["format_version"] == 2
 
 
 def test_missing_box2d_is_one_clear_data_error(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from embench.errors import ConfigError, NotFittedError
 from embench.probes import (
+    LeastSquaresProbe,
     LinearProbe,
     MLPProbe,
     SearchResult,
@@ -98,8 +99,10 @@ EXPECTED_FAILURES = {
 
 def _sklearn_checks():
     estimators = [
-        LinearProbe(),
-        LinearProbe(kind="classification"),
+        LeastSquaresProbe(),
+        LeastSquaresProbe(kind="classification"),
+        LinearProbe(max_epochs=30, lr=1e-2),
+        LinearProbe(kind="classification", max_epochs=30, lr=1e-2),
         MLPProbe(hidden=(16,), max_epochs=30, lr=1e-2),
         MLPProbe(hidden=(16,), kind="classification", max_epochs=30, lr=1e-2),
     ]
@@ -132,9 +135,11 @@ def test_clone_and_params_round_trip():
     assert not hasattr(clone(fitted), "coefs_")
     assert is_classifier(MLPProbe(kind="classification")) and is_regressor(MLPProbe())
     assert is_classifier(LinearProbe(kind="classification")) and is_regressor(LinearProbe())
+    assert clone(LinearProbe(patience=4)).get_params()["patience"] == 4
 
 
-@pytest.mark.parametrize("probe", [LinearProbe(), MLPProbe()], ids=lambda p: type(p).__name__)
+@pytest.mark.parametrize("probe", [LeastSquaresProbe(), LinearProbe(), MLPProbe()],
+                         ids=lambda p: type(p).__name__)
 def test_unfitted_probe_says_so(probe):
     name = type(probe).__name__
     message = rf"^This {name} instance is not fitted yet\. Call 'fit' first\.$"
@@ -166,15 +171,76 @@ def test_grid_search_cv_drives_mlp_probes():
 
 
 # ------------------------------------------------------------------------------------------
-# LinearProbe and the loss
+# LinearProbe (trained like the MLPs), LeastSquaresProbe (closed form) and the loss
 # ------------------------------------------------------------------------------------------
 
 
+def torch_linear_regressor(X, y, X_val, y_val, *, epochs, batch_size, lr, patience, seed):
+    """The paper's linear regressor written plainly: nn.Linear, MSE, Adam, early stopping."""
+    from embench.probes.estimators import epoch_order, init_linear, seed_streams
+
+    init_seed, shuffle_seed, _ = seed_streams(seed)
+    layer = torch.nn.Linear(X.shape[1], y.shape[1])
+    weight, bias = init_linear(X.shape[1], y.shape[1], torch.Generator().manual_seed(init_seed))
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.copy_(bias)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=lr)
+    shuffle = torch.Generator().manual_seed(shuffle_seed)
+    x, t = torch.from_numpy(X), torch.from_numpy(y)
+    best, best_state, waited = np.inf, None, 0
+    for _ in range(epochs):
+        order = epoch_order(len(x), shuffle)
+        for start in range(0, len(x), batch_size):
+            batch = order[start : start + batch_size]
+            loss = torch.nn.functional.mse_loss(layer(x[batch]), t[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            val = float(((layer(torch.from_numpy(X_val)) - torch.from_numpy(y_val)) ** 2).mean())
+        if val < best:
+            best, waited = val, 0
+            best_state = (layer.weight.detach().clone(), layer.bias.detach().clone())
+        else:
+            waited += 1
+            if waited >= patience:
+                break
+    return best_state[0].T.numpy(), best_state[1].numpy(), best
+
+
+def test_linear_probe_is_one_layer_trained_with_adam_and_early_stopping():
+    X, y = noise_data(n=300)  # noise: validation loss turns up, so early stopping acts
+    X_train, y_train, X_val, y_val = split(X, y, 220)
+    settings = {"max_epochs": 60, "batch_size": 64, "lr": 3e-2, "patience": 3, "seed": 4}
+    probe = LinearProbe(**settings).fit(X_train, y_train, X_val, y_val)
+    weight, bias, best = torch_linear_regressor(
+        X_train, y_train, X_val, y_val, epochs=60, batch_size=64, lr=3e-2, patience=3, seed=4)
+    assert len(probe.coefs_) == 1 and probe.coefs_[0].shape == (X.shape[1], y.shape[1])
+    np.testing.assert_allclose(probe.coefs_[0], weight, atol=1e-6)
+    np.testing.assert_allclose(probe.intercepts_[0], bias, atol=1e-6)
+    assert probe.best_val_loss_ == pytest.approx(best, rel=1e-5)
+    assert probe.n_epochs_ < 60 and probe.n_epochs_ == probe.best_epoch_ + 3
+    # Stopped early, so it is not the least-squares fit (which over-fits the noise).
+    closed = LeastSquaresProbe().fit(X_train, y_train)
+    assert probe.loss(X_val, y_val) < closed.loss(X_val, y_val)
+
+
+def test_linear_probe_trained_long_reaches_least_squares():
+    X, y = regression_data(n=400)
+    X_train, y_train, X_val, y_val = split(X, y, 300)
+    # full batches, so that Adam settles instead of hopping around the minimum
+    probe = LinearProbe(max_epochs=1500, batch_size=512, lr=1e-2, patience=1500, seed=0)
+    probe.fit(X_train, y_train, X_val, y_val)
+    closed = LeastSquaresProbe().fit(X_train, y_train)
+    np.testing.assert_allclose(probe.predict(X_val), closed.predict(X_val), atol=0.01)
+
+
 @pytest.mark.parametrize("one_dimensional", [False, True])
-def test_linear_probe_equals_least_squares(one_dimensional):
+def test_least_squares_probe_equals_sklearn_least_squares(one_dimensional):
     X, y = regression_data(n=200)
     y = y[:, 0] if one_dimensional else y
-    probe = LinearProbe().fit(X, y)
+    probe = LeastSquaresProbe().fit(X, y)
     reference = LinearRegression().fit(X.astype(np.float64), y.astype(np.float64))
     np.testing.assert_allclose(
         probe.coefs_[0], reference.coef_.T.reshape(X.shape[1], -1), rtol=1e-6, atol=1e-8
@@ -188,7 +254,7 @@ def test_linear_probe_equals_least_squares(one_dimensional):
 
 def test_linear_classifier_is_least_squares_on_one_hot_targets():
     X, y = blobs()
-    probe = LinearProbe(kind="classification").fit(X, y)
+    probe = LeastSquaresProbe(kind="classification").fit(X, y)
     targets = one_hot(y, np.unique(y))
     reference = LinearRegression().fit(X.astype(np.float64), targets)
     np.testing.assert_allclose(probe.predict_outputs(X), reference.predict(X), atol=1e-5)
@@ -261,7 +327,7 @@ def test_softmax_and_unknown_settings_are_refused():
     with pytest.raises(ConfigError, match="activation='tanh'.*'relu', 'sigmoid'"):
         MLPProbe(activation="tanh").fit(X, y)
     with pytest.raises(ConfigError, match="kind='ranking'"):
-        LinearProbe(kind="ranking").fit(X, y)
+        LeastSquaresProbe(kind="ranking").fit(X, y)
     with pytest.raises(ConfigError, match="hidden"):
         MLPProbe(hidden=()).fit(X, y)
     softmax = [{"hidden": (8,), "activation": "relu", "output": "softmax"}]
@@ -290,20 +356,26 @@ def test_search_selects_the_lowest_validation_loss():
     X_train, y_train, X_val, y_val = split(X, y, 220)
     result = search_probes(X_train, y_train, X_val, y_val, kind="regression", **SMALL)
     assert isinstance(result, SearchResult)
-    assert len(result.candidates) == 19 and result.candidates[0]["name"] == "linear"
+    assert len(result.candidates) == 20 and result.candidates[0]["name"] == "linear"
+    assert result.candidates[1]["name"] == "least_squares"
     mlps = [c for c in result.candidates if c["family"] == "mlp"]
     assert result.best_mlp_name == min(mlps, key=lambda c: c["val_loss"])["name"]
-    assert result.best_name == min(result.candidates, key=lambda c: c["val_loss"])["name"]
+    selectable = [c for c in result.candidates if c["family"] != "least_squares"]
+    assert result.best_name == min(selectable, key=lambda c: c["val_loss"])["name"]
     assert result.best_linear_name == "linear"
+    assert isinstance(result.best_linear, LinearProbe)
+    assert isinstance(result.least_squares, LeastSquaresProbe)
     best = result.candidate(result.best_mlp_name)
     assert isinstance(result.best_mlp, MLPProbe)
     assert result.best_mlp.get_params()["hidden"] == tuple(best["params"]["hidden"])
     # One loss for every candidate: MSE over all validation samples and dims.
     assert result.best_mlp.loss(X_val, y_val) == pytest.approx(best["val_loss"], rel=1e-5)
-    assert result.best_linear.loss(X_val, y_val) == result.candidate("linear")["val_loss"]
+    linear_loss = result.candidate("linear")["val_loss"]
+    assert result.best_linear.loss(X_val, y_val) == pytest.approx(linear_loss, rel=1e-6)
+    assert result.least_squares.loss(X_val, y_val) == result.candidate("least_squares")["val_loss"]
     assert result.best_mlp.predict(X_val).shape == y_val.shape
     record = json.loads(json.dumps(result.to_dict()))
-    assert record["best_mlp"] == result.best_mlp_name and len(record["candidates"]) == 19
+    assert record["best_mlp"] == result.best_mlp_name and len(record["candidates"]) == 20
     assert record["settings"]["patience"] == 10
 
 
@@ -321,8 +393,13 @@ def test_batched_probes_equal_standalone_probes(kind):
     X_train, y_train, X_val, y_val = split(X, y, 220)  # 220 = 3 batches of 64 + 28
     settings = {"max_epochs": 4, "batch_size": 64, "lr": 1e-2, "seed": 3}
     result = search_probes(X_train, y_train, X_val, y_val, kind=kind, **settings)
-    assert len(result.candidates) == 1 + (18 if kind == "regression" else 36)
-    for entry in result.candidates[1:]:
+    assert len(result.candidates) == 2 + (18 if kind == "regression" else 36)
+    linear = LinearProbe(kind=kind, **settings).fit(X_train, y_train, X_val, y_val)
+    for mine, theirs in zip(result.best_linear.coefs_ + result.best_linear.intercepts_,
+                            linear.coefs_ + linear.intercepts_, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    assert result.candidate("linear")["val_loss"] == linear.best_val_loss_
+    for entry in result.candidates[2:]:
         params = entry["params"]
         alone = MLPProbe(
             hidden=tuple(params["hidden"]),
@@ -363,10 +440,10 @@ def test_families_trained_side_by_side_give_bit_identical_results(kind):
         return result
 
     alone, side_by_side = run(1), run(3)
-    assert len({c["epochs_run"] for c in alone.candidates[1:]}) > 1  # some stopped early
+    assert len({c["epochs_run"] for c in alone.candidates[2:]}) > 1  # some stopped early
     assert alone.candidates == side_by_side.candidates
     for name, estimator in alone.estimators.items():
-        if name == "linear":
+        if name == "least_squares":
             continue
         other = side_by_side.estimators[name]
         for mine, theirs in zip(estimator.coefs_ + estimator.intercepts_,
@@ -385,10 +462,10 @@ def test_a_probe_that_stops_early_keeps_its_own_best_weights():
     ]
     settings = {"max_epochs": 40, "batch_size": 16, "lr": 1e-2, "patience": 3}
     result = search_probes(X_train, y_train, X_val, y_val, kind="regression", grid=grid, **settings)
-    runs = {c["name"]: c["epochs_run"] for c in result.candidates[1:]}
+    runs = {c["name"]: c["epochs_run"] for c in result.candidates[2:]}
     early = min(runs, key=runs.get)
     assert runs[early] < max(runs.values()), runs  # one stopped while others trained on
-    for entry in result.candidates[1:]:
+    for entry in result.candidates[2:]:
         probe = result.estimators[entry["name"]]
         alone = MLPProbe(hidden=probe.hidden, activation=probe.activation, **settings).fit(
             X_train, y_train, X_val, y_val
@@ -414,8 +491,8 @@ def test_classification_search_end_to_end():
         batch_size=32,
         lr=1e-2,
     )
-    assert len(result.candidates) == 37
-    assert {c["params"].get("output") for c in result.candidates[1:]} == {"none", "softmax"}
+    assert len(result.candidates) == 38
+    assert {c["params"].get("output") for c in result.candidates[2:]} == {"none", "softmax"}
     for probe in (result.best_mlp, result.best_linear):
         predictions = probe.predict(X_test)
         assert set(predictions) <= {"cat", "dog", "eel"}
@@ -450,7 +527,7 @@ def test_search_reports_progress_and_shortens_the_bar_when_all_stop():
             progress=progress,
         )
     (bar,) = progress.tasks
-    epochs = result.candidates[1]["epochs_run"]
+    epochs = result.candidate(mlp_name((64, 64), "relu", "none"))["epochs_run"]
     assert epochs < 300 and bar.total == epochs == bar.completed
     assert bar.description == "probe search" and "0/1 active" in bar.fields["info"]
 

@@ -1,11 +1,13 @@
-"""sklearn-compatible probes: the paper's linear regressor and its MLPs.
+"""sklearn-compatible probes: the paper's linear regressor and its MLPs (and a closed-form extra).
 
 Both probes minimise the mean squared error between their outputs and the targets (one-hot
 rows for classification, where ``predict`` returns the arg-max class). They are real sklearn
 estimators: the constructor only stores keyword config, ``fit`` learns state whose names end in
 ``_`` and returns ``self``, and ``clone``, ``get_params``/``set_params`` and ``GridSearchCV``
 work on them. ``kind`` decides whether a probe presents itself to sklearn as a regressor
-(``score`` is R²) or a classifier (``score`` is accuracy).
+(``score`` is R²) or a classifier (``score`` is accuracy). The paper's linear regressor
+(:class:`LinearProbe`) is trained like its MLPs; :class:`LeastSquaresProbe` solves the same
+linear map in closed form and is only ever reported as an extra.
 
 :class:`MLPProbe` here trains one network with plain ``torch.nn`` modules; the probe search
 (:mod:`embench.probes.search`) trains a whole grid of them as one batched computation and
@@ -272,14 +274,15 @@ class _Probe(BaseEstimator):
 # --------------------------------------------------------------------------------------------
 
 
-class LinearProbe(_Probe):
-    """The paper's linear regressor: least squares from embeddings to (one-hot) targets.
+class LeastSquaresProbe(_Probe):
+    """A linear map fitted in closed form by least squares: an extra, not the paper's probe.
 
-    The paper trains it like the MLPs (MSE, Adam); least squares has a single minimiser of that
-    same MSE, which this probe computes in closed form (``numpy.linalg.lstsq`` in float64 on
-    centred data, so the bias is not penalised; the minimum-norm solution when ``X`` is rank
-    deficient). Gradient training converges to the same weights, except that early stopping
-    may halt it before the minimum: the closed form is the fully trained linear probe.
+    The paper trains its linear regressor like the MLPs (:class:`LinearProbe`: Adam, early
+    stopping), which can stop short of the least-squares minimum, or, with early stopping on
+    validation loss, stop before over-fitting it. This probe computes that minimum directly
+    (``numpy.linalg.lstsq`` in float64 on centred data, so the bias is not penalised; the
+    minimum-norm solution when ``X`` is rank deficient). The probe search records it as the
+    candidate ``least_squares`` beside the paper's probes; it is never selected as "linear".
 
     Args:
         kind: ``"regression"`` or ``"classification"`` (one-hot targets, arg-max prediction).
@@ -292,14 +295,14 @@ class LinearProbe(_Probe):
         n_outputs_: ``k``.
 
     Example:
-        >>> probe = LinearProbe(kind="regression").fit(X_train, y_train)  # doctest: +SKIP
+        >>> probe = LeastSquaresProbe(kind="regression").fit(X_train, y_train)  # doctest: +SKIP
         >>> probe.loss(X_val, y_val)  # doctest: +SKIP
     """
 
     def __init__(self, kind: str = "regression") -> None:
         self.kind = kind
 
-    def fit(self, X: Any, y: Any, *, classes: Any = None) -> LinearProbe:
+    def fit(self, X: Any, y: Any, *, classes: Any = None) -> LeastSquaresProbe:
         """Solve the least-squares problem.
 
         Args:
@@ -408,7 +411,8 @@ class MLPProbe(_Probe):
         """Refuse configurations outside the probe's space, naming what is allowed."""
         name = type(self).__name__
         check_kind(self.kind, name)
-        check_mlp_config(self.hidden, self.activation, self.output, self.kind, owner=name)
+        check_mlp_config(self.hidden, self.activation, self.output, self.kind, owner=name,
+                         allow_linear=isinstance(self, LinearProbe))
         for key in ("max_epochs", "batch_size"):
             value = getattr(self, key)
             if not isinstance(value, (int, np.integer)) or value < 1:
@@ -525,18 +529,85 @@ class MLPProbe(_Probe):
         return torch.cat(chunks).numpy()
 
 
+# --------------------------------------------------------------------------------------------
+# LinearProbe
+# --------------------------------------------------------------------------------------------
+
+
+class LinearProbe(MLPProbe):
+    """The paper's linear regressor: one linear layer trained exactly like the MLPs.
+
+    As in the paper (Tables V-VII) and the authors' code (a predictor with no hidden layer):
+    MSE on the (one-hot) targets, Adam, mini-batches, early stopping on validation MSE with
+    the probe patience, best-validation weights kept. Everything but the architecture is
+    :class:`MLPProbe`'s; a probe trained here with ``seed`` sees the same initialisation
+    stream and batch order as an MLP with that seed. The closed-form fit of the same map is
+    :class:`LeastSquaresProbe`.
+
+    Args:
+        kind: ``"regression"`` or ``"classification"``.
+        max_epochs: most epochs to train.
+        batch_size: mini-batch size.
+        lr: Adam learning rate.
+        patience: epochs without improvement before stopping; ``None`` means the paper's
+            ``max(10, ceil(max_epochs / 20))``.
+        validation_fraction: share of ``X`` held out when ``fit`` gets no ``X_val``.
+        seed: seeds initialisation, batch order and the validation split.
+        device: torch device to train on.
+
+    Attributes:
+        coefs_: ``[(D, k) float32 weights]``.
+        intercepts_: ``[(k,) float32 bias]``.
+        n_epochs_, best_epoch_, best_val_loss_, val_loss_curve_, train_loss_curve_: as for
+            :class:`MLPProbe`.
+
+    Example:
+        >>> probe = LinearProbe(kind="regression", max_epochs=100)
+        >>> probe.fit(X_train, y_train, X_val, y_val).predict(X_test)  # doctest: +SKIP
+    """
+
+    #: No hidden layer; the activation is never applied.
+    hidden = ()
+    activation = "relu"
+    output = "none"
+
+    def __init__(
+        self,
+        kind: str = "regression",
+        max_epochs: int = 500,
+        batch_size: int = 512,
+        lr: float = 1e-3,
+        patience: int | None = None,
+        validation_fraction: float = 0.2,
+        seed: int = 0,
+        device: str = "cpu",
+    ) -> None:
+        self.kind = kind
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.patience = patience
+        self.validation_fraction = validation_fraction
+        self.seed = seed
+        self.device = device
+
+
 def check_mlp_config(
-    hidden: Any, activation: str, output: str, kind: str, owner: str = "MLPProbe"
+    hidden: Any, activation: str, output: str, kind: str, owner: str = "MLPProbe",
+    allow_linear: bool = False,
 ) -> None:
     """Refuse an MLP configuration outside the probe space, saying what is allowed.
 
+    Args:
+        allow_linear: accept ``hidden=()`` (no hidden layer: the linear probe).
+
     Raises:
-        ConfigError: for empty or non-positive ``hidden``, an unknown activation or output,
-            or a softmax output on a regression task.
+        ConfigError: for empty (unless ``allow_linear``) or non-positive ``hidden``, an
+            unknown activation or output, or a softmax output on a regression task.
     """
     if (
         not isinstance(hidden, (tuple, list))
-        or not hidden
+        or (not hidden and not allow_linear)
         or not all(isinstance(h, (int, np.integer)) and h > 0 for h in hidden)
     ):
         raise ConfigError(

@@ -1,5 +1,10 @@
 """The paper's probe search: a linear probe plus a grid of MLPs, all MLPs trained as one batch.
 
+The linear probe is one linear layer trained exactly like the MLPs (MSE, Adam, the same
+batches, early stopping on validation MSE, best-validation weights), as the paper's Tables
+V-VII and the authors' code did. A closed-form least-squares fit of the same map is recorded
+beside them as the extra candidate ``least_squares``; it never takes part in selection.
+
 Every MLP of the grid trains at once. MLPs that share a first hidden width and an activation
 form a *family*: their weights are stacked along a leading probe axis, zero-padded to the
 family's widest layer, and each layer is one batched matrix product (``baddbmm``) over that
@@ -39,6 +44,7 @@ from embench.errors import ConfigError
 from embench.faults import crash_point
 from embench.probes.estimators import (
     ACTIVATIONS,
+    LeastSquaresProbe,
     LinearProbe,
     MLPFit,
     MLPProbe,
@@ -48,10 +54,14 @@ from embench.probes.estimators import (
     resolve_device,
     seed_streams,
     squared_error_sum,
+    train_mlp,
 )
 from embench.probes.metrics import check_kind
 from embench.progress import stage
 from embench.protocols import patience_for
+
+#: The families that selection chooses from (``least_squares`` is reported, never selected).
+SELECTED_FAMILIES = ("linear", "mlp")
 
 #: Hidden layer shapes of the paper: 1 or 2 layers of 32, 64 or 128 units, second <= first.
 PAPER_HIDDEN = tuple(
@@ -96,26 +106,28 @@ class SearchResult:
 
     Attributes:
         kind: the task kind.
-        candidates: one dict per probe, linear first: ``name``, ``family`` (``"linear"`` or
+        candidates: one dict per probe, the linear probe first, then the closed-form extra,
+            then the MLPs: ``name``, ``family`` (``"linear"``, ``"least_squares"`` or
             ``"mlp"``), ``params``, ``val_loss`` (MSE on the (one-hot) validation targets over
             all samples and target dims), ``epochs_run`` and ``best_epoch`` (both 0 for the
-            closed-form linear probe).
+            closed-form fit).
         estimators: every candidate's fitted probe, by name (``predict`` works on each).
         settings: the training settings shared by all MLPs.
     """
 
     kind: str
     candidates: list[dict[str, Any]]
-    estimators: dict[str, LinearProbe | MLPProbe]
+    estimators: dict[str, LinearProbe | LeastSquaresProbe | MLPProbe]
     settings: dict[str, Any] = field(default_factory=dict)
 
     def _best_of(self, family: str | None) -> str:
-        entries = [c for c in self.candidates if family is None or c["family"] == family]
+        families = SELECTED_FAMILIES if family is None else (family,)
+        entries = [c for c in self.candidates if c["family"] in families]
         return _lowest_loss(entries)["name"]
 
     @property
     def best_name(self) -> str:
-        """Name of the candidate with the lowest validation loss overall."""
+        """Name of the selected candidate with the lowest validation loss (linear or MLP)."""
         return self._best_of(None)
 
     @property
@@ -140,8 +152,13 @@ class SearchResult:
 
     @property
     def best_linear(self) -> LinearProbe:
-        """The fitted linear probe (Tables V-VII of the paper)."""
+        """The fitted linear probe, trained like the MLPs (Tables V-VII of the paper)."""
         return self.estimators[self.best_linear_name]  # type: ignore[return-value]
+
+    @property
+    def least_squares(self) -> LeastSquaresProbe | None:
+        """The closed-form least-squares fit of the linear map (an extra), if it was made."""
+        return self.estimators.get("least_squares")  # type: ignore[return-value]
 
     def candidate(self, name: str) -> dict[str, Any]:
         """The candidate entry called ``name``.
@@ -187,7 +204,7 @@ def search_probes(
     grid: list[dict[str, Any]] | None = None,
     progress: Any = None,
 ) -> SearchResult:
-    """Fit the linear probe and train every MLP of the grid together; select on validation MSE.
+    """Train the linear probe and every MLP of the grid; select on validation MSE.
 
     Args:
         X_train: ``(N, D)`` probe-train embeddings.
@@ -207,7 +224,8 @@ def search_probes(
         progress: optional :class:`rich.progress.Progress` for a "probe search" bar.
 
     Returns:
-        A :class:`SearchResult`: every candidate, fitted, and the best MLP and linear probe.
+        A :class:`SearchResult`: every candidate, fitted, and the best MLP and linear probe
+        (plus the closed-form least-squares fit, an extra that is never selected).
 
     Raises:
         ConfigError: for an unknown kind, an invalid grid entry or an unavailable device.
@@ -240,17 +258,18 @@ def search_probes(
         raise ValueError(
             f"X_val has {X_val.shape[1]} features, but X_train has {X_train.shape[1]}."
         )
-    linear = LinearProbe(kind=kind)
+    least_squares = LeastSquaresProbe(kind=kind)
     if kind == "classification":
         classes = np.unique(
             np.concatenate([np.asarray(y_train).ravel(), np.asarray(y_val).ravel()])
         )
-        linear.fit(X_train, y_train, classes=classes)
+        least_squares.fit(X_train, y_train, classes=classes)
     else:
         y_train = check_array(y_train, ensure_2d=False, dtype=np.float32)
         y_val = check_array(y_val, ensure_2d=False, dtype=np.float32)
-        linear.fit(X_train, y_train)
-    targets, val_targets = linear._encode_targets(y_train), linear._encode_targets(y_val)
+        least_squares.fit(X_train, y_train)
+    targets = least_squares._encode_targets(y_train)
+    val_targets = least_squares._encode_targets(y_val)
     for name, x, y in (("train", X_train, targets), ("val", X_val, val_targets)):
         if len(x) != len(y):
             raise ValueError(f"X_{name} has {len(x)} rows but y_{name} has {len(y)}.")
@@ -267,6 +286,11 @@ def search_probes(
     if torch_device.type == "cpu":
         torch.set_num_threads(1)
     try:
+        linear_fit = train_mlp(
+            X_train, targets, X_val, val_targets, hidden=(), activation="relu", output="none",
+            max_epochs=max_epochs, batch_size=batch_size, lr=lr, patience=patience_epochs,
+            seed=seed, device=torch_device,
+        )
         fits = _train_batched(
             grid,
             X_train,
@@ -285,17 +309,34 @@ def search_probes(
     finally:
         torch.set_num_threads(threads)
 
+    classes_of = least_squares.classes_ if kind == "classification" else None
+    linear = LinearProbe(kind=kind, max_epochs=max_epochs, batch_size=batch_size, lr=lr,
+                         patience=patience, seed=seed,
+                         device=device if isinstance(device, str) else str(torch_device))
+    linear.n_features_in_ = X_train.shape[1]
+    linear._set_target_info(y_train, classes=classes_of)
+    linear._set_fitted(linear_fit)
     candidates: list[dict[str, Any]] = [
         {
             "name": "linear",
             "family": "linear",
-            "params": {"kind": kind},
-            "val_loss": linear.loss(X_val, y_val),
+            "params": {"hidden": [], "optimizer": "adam"},
+            "val_loss": linear_fit.best_val_loss,
+            "epochs_run": linear_fit.epochs_run,
+            "best_epoch": linear_fit.best_epoch,
+        },
+        {
+            "name": "least_squares",
+            "family": "least_squares",
+            "params": {"solver": "numpy.linalg.lstsq (closed form; an extra, never selected)"},
+            "val_loss": least_squares.loss(X_val, y_val),
             "epochs_run": 0,
             "best_epoch": 0,
-        }
+        },
     ]
-    estimators: dict[str, LinearProbe | MLPProbe] = {"linear": linear}
+    estimators: dict[str, LinearProbe | LeastSquaresProbe | MLPProbe] = {
+        "linear": linear, "least_squares": least_squares,
+    }
     for entry, fitted in zip(grid, fits, strict=True):
         hidden = tuple(int(h) for h in entry["hidden"])
         name = mlp_name(hidden, entry["activation"], entry["output"])
@@ -326,9 +367,7 @@ def search_probes(
             device=device if isinstance(device, str) else str(torch_device),
         )
         probe.n_features_in_ = X_train.shape[1]
-        probe._set_target_info(
-            y_train, classes=linear.classes_ if kind == "classification" else None
-        )
+        probe._set_target_info(y_train, classes=classes_of)
         probe._set_fitted(fitted)
         estimators[name] = probe
     settings = {
