@@ -6,9 +6,9 @@ that are smooth nonlinear functions of four random projections plus noise (fixed
 MLPs beat the linear probe and the grid has a clear winner. The targets play the part of the
 lander position of LunarLander and are scored with its metric (error in pixels).
 
-* **embench**: ``embench.probes.search_probes`` (closed-form linear probe + the 18 regression
-  MLPs of the paper trained together as one batched computation with per-probe early
-  stopping).
+* **embench**: ``embench.probes.search_probes`` (the linear probe trained like the MLPs, and
+  the 18 regression MLPs of the paper trained together as one batched computation with
+  per-probe early stopping; its closed-form least-squares extra is left out of the comparison).
 * **baseline**: the straightforward way: every probe (the linear one trained with Adam like the
   MLPs, as the paper did) one after another, each an ``nn.Sequential`` fed by a float32
   ``TensorDataset`` + ``DataLoader(batch_size=512)``, Adam, validation MSE under
@@ -163,7 +163,7 @@ def embench_search(data: dict, *, epochs: int, batch_size: int, lr: float, seed:
         c["name"]: {"val_loss": c["val_loss"], "epochs_run": c["epochs_run"],
                     "best_epoch": c["best_epoch"],
                     "test": error_px(yt, result.estimators[c["name"]].predict(xt))}
-        for c in result.candidates
+        for c in result.candidates if c["family"] != "least_squares"  # an extra, not a probe
     }
 
 
@@ -310,8 +310,8 @@ def main() -> int:
         rows.append(Row(f"test error_px, {label}", fmt(a, "px", 4), fmt(b, "px", 4), None,
                         f"within {args.tolerance:.0%}", relative(a, b) <= args.tolerance))
     a, b = theirs["linear"]["test"], ours["linear"]["test"]
-    rows.append(Row("test error_px, linear (Adam vs closed form)", fmt(a, "px", 4),
-                    fmt(b, "px", 4), a / b, "-"))
+    rows.append(Row("test error_px, linear (both trained with Adam)", fmt(a, "px", 4),
+                    fmt(b, "px", 4), None, "same", relative(a, b) <= args.tolerance))
     mlps = [n for n in ours if n != "linear"]
     worst = max(relative(theirs[n]["val_loss"], ours[n]["val_loss"]) for n in mlps)
     rows.append(Row("largest relative val-MSE gap over the 18 MLPs", "-", f"{worst:.2%}",
@@ -358,8 +358,8 @@ def main() -> int:
         f"({', '.join(f'{t:.1f}' for t in baseline_times)} s), embench mean of "
         f"{len(embench_times)} runs around them ({', '.join(f'{t:.1f}' for t in embench_times)}"
         " s); ratio = baseline / embench",
-        "the baseline trains the linear probe with Adam (as the paper did); embench solves it in "
-        "closed form (the fully trained minimiser), so their linear errors may differ",
+        "both sides train the linear probe with Adam, as the paper did (embench's closed-form "
+        "least-squares extra is not timed apart: it is one lstsq on the whole set)",
         f"the paper runs up to 500 epochs; here --epochs {args.epochs} bounds the run (both "
         "sides scale linearly per epoch until probes stop early)",
         "FLOPs: torch.utils.flop_counter on one batch of each side, times the batches of an "

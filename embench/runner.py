@@ -299,6 +299,9 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
              "home": home}
     encoder, given = instantiate(encoder_factory, encoder_name, "encoder", hints,
                                  config.encoder_options)
+    # settings that key the evaluation, not the encoder (e.g. how Table VIII's decoder starts)
+    evaluation = (encoder.evaluation_config()
+                  if callable(getattr(encoder, "evaluation_config", None)) else {})
 
     start = time.perf_counter()
     task, data = prepare_task(config.task, preset, home, config.data_seed,
@@ -309,8 +312,6 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
     train_key = fingerprint("train", encoder_info.value, encoder_config, data.fingerprint)
 
     start = time.perf_counter()
-    evaluation = (encoder.evaluation_config()
-                  if callable(getattr(encoder, "evaluation_config", None)) else {})
     encoder, checkpoint_hit, training = fit_or_load_encoder(
         encoder_factory, encoder_name, encoder, train_key, data, home, config.retrain,
         progress, log, load_options={**evaluation, "device": device, "home": home})

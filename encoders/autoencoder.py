@@ -419,7 +419,11 @@ class FourLayerCVAEEncoder:
 
         They key the run and the reconstruction result (not the checkpoint or the embedding
         cache), so changing one reuses the trained encoder and its embeddings.
+
+        Raises:
+            ConfigError: for a value outside the allowed ones (checked before any work).
         """
+        self._check_decoder_retraining()
         return {name: getattr(self, name) for name in self._EVALUATION_KEYS}
 
     def _validate_params(self) -> None:
@@ -443,6 +447,11 @@ class FourLayerCVAEEncoder:
                               f"got {self.kld_weight!r}.")
         if self.perceptual:
             positive_int("perceptual_layer")
+        self._check_decoder_retraining()
+        check_precision(self.precision)
+        resolve_device(self.device)
+
+    def _check_decoder_retraining(self) -> None:
         if self.decoder_retraining not in self.DECODER_RETRAINING:
             raise ConfigError(
                 f"{type(self).__name__} decoder_retraining must be one of "
@@ -450,8 +459,6 @@ class FourLayerCVAEEncoder:
                 f"got {self.decoder_retraining!r}.",
                 "Pass -o decoder_retraining=finetune (the default) or reinitialize.",
             )
-        check_precision(self.precision)
-        resolve_device(self.device)
 
     # ----- training --------------------------------------------------------------------------
 

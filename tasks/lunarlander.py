@@ -239,8 +239,11 @@ def resize_like_opencv_cubic(frame: np.ndarray, size: int = IMAGE_SIZE) -> np.nd
     height, width = frame.shape[:2]
     rows = cubic_resize_weights(height, size)
     cols = cubic_resize_weights(width, size)
-    planes = np.asarray(frame, dtype=np.float64).transpose(2, 0, 1)
-    resized = rows @ planes @ cols.T
+    # Contiguous planes and one large product per axis: numpy's batched matmul on a
+    # transposed view skips BLAS and took ~100x longer (250 vs 2 ms per frame).
+    planes = np.ascontiguousarray(np.asarray(frame).transpose(2, 0, 1), dtype=np.float64)
+    across = (planes.reshape(-1, width) @ cols.T).reshape(planes.shape[0], height, size)
+    resized = np.matmul(rows, across)
     return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
 
 

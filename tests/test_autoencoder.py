@@ -545,6 +545,11 @@ def test_perceptual_encoder_records_its_network(tmp_path, fitted):
     assert encoder.perceptual_["network"] == "alexnet"
     assert encoder.perceptual_["layer"] == 5
     assert encoder.perceptual_["weights"] == "random"
+    # what the result record names: the loss network's weights, by source and sha256
+    stats = encoder.training_stats()["perceptual"]
+    assert stats == encoder.perceptual_
+    assert stats["weights_source"] and len(stats["weights_sha256"]) == 64
+    assert fitted("ae").training_stats()["perceptual"] is None
     encoder.save(tmp_path / "p_vae")
     loaded = PerceptualVAE.load(tmp_path / "p_vae", device="cpu")
     assert loaded.perceptual_ == encoder.perceptual_
@@ -587,6 +592,37 @@ def test_retrained_decoder_leaves_the_encoder_alone(fitted_vae):
     x = VAL.astype(np.float32) / 255
     expected = np.abs(fitted_vae.reconstruct(VAL, decoder="retrained") - x).mean()
     assert l1 == pytest.approx(float(expected), rel=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["finetune", "reinitialize"])
+def test_decoder_retraining_setting_picks_the_start_and_is_not_the_encoders_identity(
+    tmp_path, fitted_ae, mode
+):
+    encoder = copy.deepcopy(fitted_ae)  # leave the shared fixture untouched
+    encoder.decoder_retraining = mode
+    assert encoder.evaluation_config() == {"decoder_retraining": mode}
+    assert encoder.get_config() == fitted_ae.get_config()
+    assert encoder.fingerprint == fitted_ae.fingerprint
+    # one epoch at a tiny learning rate: the start shows through
+    encoder.lr = 1e-6
+    stats = encoder.retrain_decoder(TRAIN, VAL, max_epochs=1)
+    assert stats["reinitialized"] is (mode == "reinitialize")
+    moved = max(
+        float((new - old).abs().max())
+        for new, old in zip(encoder.retrained_decoder_.parameters(),
+                            fitted_ae.model_.decoder.parameters(), strict=True)
+    )
+    # Adam moves a weight by about lr per step: fine-tuning stays at the trained decoder
+    assert (moved < 1e-4) is (mode == "finetune"), moved
+    encoder.save(tmp_path / "ae")
+    loaded = AE.load(tmp_path / "ae", device="cpu", decoder_retraining=mode)
+    assert loaded.evaluation_config() == {"decoder_retraining": mode}
+    assert AE.load(tmp_path / "ae", device="cpu").decoder_retraining == "finetune"
+
+
+def test_unknown_decoder_retraining_is_refused_with_the_choices():
+    with pytest.raises(ConfigError, match="'finetune', 'reinitialize'; got 'fresh'"):
+        AE(decoder_retraining="fresh", **SMALL).fit(TRAIN, VAL)
 
 
 def test_reconstruction_needs_a_retrained_decoder_first(fitted_ae):

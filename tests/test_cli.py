@@ -89,6 +89,38 @@ def test_smoke_run_twice_reuses_checkpoint_and_embeddings(runner, tmp_path, monk
     assert len(record["probes"]["candidates"]) == 20  # linear, least squares, 18 MLPs
 
 
+def test_decoder_retraining_option_reuses_the_encoder_and_is_recorded(runner, tmp_path):
+    """-o decoder_retraining=... keys the run and Table VIII's result, not the checkpoint."""
+    args = ["run", "-e", "ae", "-t", "lunarlander", "--preset", "smoke", "--z", "4",
+            "--home", str(tmp_path)]
+    first = runner.invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert "(finetune)" in first.output
+    second = runner.invoke(main, [*args, "-o", "decoder_retraining=reinitialize"])
+    assert second.exit_code == 0, second.output
+    assert "checkpoint hit" in second.output and "embedding cache hit" in second.output
+    assert "(reinitialize)" in second.output
+    records = {}
+    for path in (tmp_path / "results" / "lunarlander").glob("*.json"):
+        record = json.loads(path.read_text())
+        records[record["reconstruction"]["decoder_init"]] = record
+    assert set(records) == {"finetune", "reinitialize"}
+    fine, fresh = records["finetune"], records["reinitialize"]
+    assert fresh["evaluation_config"] == {"decoder_retraining": "reinitialize"}
+    assert fresh["reconstruction"]["retraining"]["reinitialized"] is True
+    assert fine["reconstruction"]["retraining"]["reinitialized"] is False
+    assert fine["fingerprints"]["train"] == fresh["fingerprints"]["train"]
+    assert fine["fingerprints"]["run"] != fresh["fingerprints"]["run"]
+    assert fine["test"] == fresh["test"]  # same embeddings, same probes
+    # a pixel-wise encoder names no perceptual weights; the closed-form fit is an extra
+    assert fine["perceptual_weights"] is None
+    assert set(fine["test"]) == {"mlp", "linear", "baseline", "least_squares"}
+    assert fine["probes"]["best_linear"] == "linear"
+    bad = runner.invoke(main, [*args, "-o", "decoder_retraining=fresh"])  # refused up front
+    _one_line_error(bad, "decoder_retraining", "'finetune', 'reinitialize'")
+    assert "checkpoint hit" not in bad.output
+
+
 def test_data_command_prepares_task(runner, tmp_path):
     result = runner.invoke(main, ["data", "lunarlander", "--preset", "smoke", "--home",
                                   str(tmp_path)])
