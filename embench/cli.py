@@ -141,6 +141,12 @@ def data_command(task: str, preset: str, seed: int, data_dir: Path | None,
         table.add_row(name, f"{size:,}")
     console = _console()
     console.print(table)
+    info = data.info or {}
+    if "altered_dropped_fraction" in info:  # LunarLander's off-screen filter, by edge
+        edges = ", ".join(f"{edge} {count:,}"
+                          for edge, count in info.get("altered_dropped_by_edge", {}).items())
+        console.print(f"off-screen frames dropped from the altered rollouts: "
+                      f"{info['altered_dropped_fraction']:.1%}" + (f" ({edges})" if edges else ""))
     console.print(f"stored in {data.path}  fingerprint {data.fingerprint[:16]}")
 
 

@@ -126,6 +126,8 @@ def test_data_command_prepares_task(runner, tmp_path):
                                   str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "probe_train" in result.output
+    assert "off-screen frames dropped from the altered rollouts: " in result.output
+    assert "left " in result.output and "below " in result.output
     assert list((tmp_path / "datasets").rglob("*.h5"))
 
 

@@ -317,7 +317,7 @@ def test_mixed_with_not_recorded_is_flagged():
 
 def test_no_reconstruction_table_without_reconstruction_results():
     assert render_reconstruction_table(_recon_group(fixed_records())) is None
-    assert "Table VIII" not in render_markdown(fixed_records())
+    assert "**Table VIII:" not in render_markdown(fixed_records())
 
 
 def test_records_without_reconstruction_are_left_out_of_the_table():
