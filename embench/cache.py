@@ -2,8 +2,9 @@
 
 One file per (encoder fingerprint x task data fingerprint), keyed by content, never by time
 (mteb's cache-wrapper idea). The file holds each split's embeddings and labels and the
-attributes ``key``, ``complete`` and row counts; a file that fails these checks is treated as
-absent (with a warning) and recomputed.
+attributes ``key``, ``complete`` and row counts; it is an :mod:`embench.datastore` store whose
+fingerprint attribute is ``key``. A file that fails these checks is treated as absent (with a
+warning) and recomputed.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ from typing import Any
 import h5py
 import numpy as np
 
+from embench.datastore import Unusable, read_store, write_store
 from embench.errors import EncoderContractError
 from embench.faults import crash_point
 from embench.progress import stage
 from embench.protocols import SPLITS, TaskData
-from embench.storage import atomic_path, fingerprint, safe_name
+from embench.storage import fingerprint, safe_name
 
 DEFAULT_BATCH = 1024
+#: The attribute holding a cache file's key (its fingerprint).
+KEY_ATTR = "key"
 
 
 def embedding_key(encoder_fingerprint: str, data_fingerprint: str) -> str:
@@ -121,17 +125,14 @@ def write_cache(
     meta: dict[str, Any],
 ) -> None:
     """Atomically write the cache file (temp name, then rename)."""
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as fh:
-            for name, emb in embeddings.items():
-                group = fh.create_group(name)
-                group.create_dataset("embeddings", data=emb)
-                if labels.get(name) is not None:
-                    group.create_dataset("labels", data=labels[name])
-                group.attrs["rows"] = len(emb)
-            fh.attrs["key"] = key
-            fh.attrs["meta"] = json.dumps(meta, sort_keys=True)
-            fh.attrs["complete"] = True
+    with write_store(path, key, fingerprint_attr=KEY_ATTR) as fh:
+        for name, emb in embeddings.items():
+            group = fh.create_group(name)
+            group.create_dataset("embeddings", data=emb)
+            if labels.get(name) is not None:
+                group.create_dataset("labels", data=labels[name])
+            group.attrs["rows"] = len(emb)
+        fh.attrs["meta"] = json.dumps(meta, sort_keys=True)
 
 
 def read_cache(
@@ -143,25 +144,16 @@ def read_cache(
         ``{split: {"embeddings": ..., "labels": ...}}``, or ``None`` when absent or unusable
         (an unusable file gets a warning and will be recomputed).
     """
-    if not path.exists():
-        return None
-    try:
-        with h5py.File(path, "r") as fh:
-            problem = None
-            if fh.attrs.get("key") != key:
-                problem = "its key does not match"
-            elif not fh.attrs.get("complete", False):
-                problem = "it is incomplete"
-            else:
-                out = {}
-                for name, rows in expected_rows.items():
-                    if name not in fh or fh[name]["embeddings"].shape[0] != rows:
-                        problem = f"split {name!r} is missing or has the wrong row count"
-                        break
-                    out[name] = {k: fh[name][k][()] for k in fh[name]}
-            if problem is None:
-                return out
-    except (OSError, KeyError, ValueError) as exc:
-        problem = f"it cannot be read ({exc})"
-    warnings.warn(f"Ignoring embedding cache {path}: {problem}; recomputing.", stacklevel=2)
-    return None
+
+    def read(fh: h5py.File) -> dict[str, dict[str, np.ndarray]]:
+        out = {}
+        for name, rows in expected_rows.items():
+            if name not in fh or fh[name]["embeddings"].shape[0] != rows:
+                raise Unusable(f"split {name!r} is missing or has the wrong row count")
+            out[name] = {k: fh[name][k][()] for k in fh[name]}
+        return out
+
+    cached, problem = read_store(path, key, read, fingerprint_attr=KEY_ATTR)
+    if problem is not None:
+        warnings.warn(f"Ignoring embedding cache {path}: {problem}; recomputing.", stacklevel=2)
+    return cached

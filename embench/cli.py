@@ -5,15 +5,20 @@ from __future__ import annotations
 import functools
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from embench import __version__
+from embench.devices import DEVICES, PRECISIONS
 from embench.errors import EmbenchError
+
+if TYPE_CHECKING:  # the CLI imports heavy modules only inside the commands that need them
+    from embench.results import RunRecord
 
 err_console = Console(stderr=True, highlight=False)
 
@@ -82,6 +87,66 @@ home_option = click.option(
 preset_option = click.option(
     "--preset", default="quick", show_default=True, metavar="[smoke|quick|paper]",
     help="Sizes and epoch budgets; never changes the protocol.")
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(path_type=Path), default=None,
+    help="Directory holding already downloaded dataset files.")
+verify_data_option = click.option(
+    "--verify-data/--no-verify-data", default=True, show_default=True,
+    help="Check dataset files against the official checksums (turn off for subsets; the record "
+    "says so).")
+download_option = click.option(
+    "--download/--no-download", default=True, show_default=True,
+    help="Download missing dataset files; with --no-download a missing file is an error that "
+    "names it.")
+
+
+def device_option(default: str | None = "auto") -> Callable[[Any], Any]:
+    """``--device``; the sweep passes ``None`` so that a sweep file's value stands."""
+    unset = "" if default else " [default: auto]"
+    return click.option(
+        "--device", type=click.Choice(DEVICES), default=default, show_default=bool(default),
+        help=f"Where to compute (auto: cuda when torch sees a GPU).{unset}")
+
+
+def precision_option(default: str | None = "fp32") -> Callable[[Any], Any]:
+    """``--precision``; the sweep passes ``None`` so that a sweep file's value stands."""
+    unset = "" if default else " [default: fp32]"
+    return click.option(
+        "--precision", type=click.Choice(PRECISIONS), default=default, show_default=bool(default),
+        help=f"Precision of encoder training (bf16: autocast).{unset}")
+
+
+class SizeList(click.ParamType):
+    """Positive integers, comma-separated (``--z 32,64``); repeating the option adds more."""
+
+    name = "N[,N...]"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, ...]:
+        """``"32,64"`` -> ``(32, 64)``; anything but positive integers fails in one line."""
+        if isinstance(value, tuple):
+            return value
+        sizes = []
+        for part in str(value).split(","):
+            try:
+                size = int(part.strip())
+            except ValueError:
+                self.fail(f"{part.strip()!r} is not an integer (write e.g. 32,64).", param, ctx)
+            if size < 1:
+                self.fail(f"{size} is not a positive integer.", param, ctx)
+            sizes.append(size)
+        return tuple(sizes)
+
+
+def _flatten_sizes(ctx: Any, param: Any, value: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
+    """Join the ``--z`` occurrences: ``--z 32,64 --z 128`` -> ``(32, 64, 128)``."""
+    return tuple(size for sizes in value for size in sizes)
+
+
+def z_sizes_option(default_help: str) -> Callable[[Any], Any]:
+    """``--z`` of several sizes: comma-separated (``--z 32,64``) or repeated (``--z 32 --z 64``)."""
+    return click.option(
+        "--z", "z_sizes", type=SizeList(), multiple=True, callback=_flatten_sizes,
+        help=f"z sizes, comma-separated or repeated (default: {default_help}).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -115,22 +180,20 @@ def list_plugins(what: str) -> None:
 @preset_option
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of data generation.")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-              help="Directory holding already downloaded dataset files.")
-@click.option("--verify-data/--no-verify-data", default=True, show_default=True,
-              help="Check dataset files against the official checksums (turn off for subsets; "
-              "the record says so).")
+@data_dir_option
+@verify_data_option
+@download_option
 @home_option
 @handle_errors
 def data_command(task: str, preset: str, seed: int, data_dir: Path | None,
-                 verify_data: bool, home: Path | None) -> None:
+                 verify_data: bool, download: bool, home: Path | None) -> None:
     """Prepare TASK's data (generate or verify it) without running anything else."""
     from embench.presets import get_preset
     from embench.progress import make_progress
     from embench.runner import prepare_task
     from embench.storage import resolve_home
 
-    options = _task_options(data_dir, verify_data)
+    options = _task_options(data_dir, verify_data, download)
     preset_obj = get_preset(preset)
     with make_progress(err_console) as progress:
         _, data = prepare_task(task, preset_obj, resolve_home(home), seed, options, progress)
@@ -158,23 +221,19 @@ def data_command(task: str, preset: str, seed: int, data_dir: Path | None,
 @click.option("--z", type=click.IntRange(min=1), default=None,
               help="Embedding size (default: the preset's first z for the task).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
-              show_default=True, help="Autocast precision of encoder training.")
+@device_option()
+@precision_option()
 @click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
               help="Extra encoder config, e.g. -o perceptual_weights=random. Repeatable.")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-              help="Directory holding already downloaded dataset files.")
-@click.option("--verify-data/--no-verify-data", default=True, show_default=True,
-              help="Check dataset files against the official checksums (turn off for subsets; "
-              "the record says so).")
+@data_dir_option
+@verify_data_option
+@download_option
 @click.option("--retrain", is_flag=True, help="Train even if a checkpoint exists.")
 @home_option
 @handle_errors
 def run_command(encoder: str, task: str, preset: str, z: int | None, seed: int, device: str,
                 precision: str, options: tuple[str, ...], data_dir: Path | None,
-                verify_data: bool, retrain: bool, home: Path | None) -> None:
+                verify_data: bool, download: bool, retrain: bool, home: Path | None) -> None:
     """Train (or load) ENCODER, embed TASK once, search probes and write a result record."""
     from embench.progress import make_progress
     from embench.runner import RunConfig, run
@@ -182,69 +241,71 @@ def run_command(encoder: str, task: str, preset: str, z: int | None, seed: int, 
     config = RunConfig(
         encoder=encoder, task=task, preset=preset, z=z, seed=seed, device=device,
         precision=precision, home=home, encoder_options=_parse_options(options),
-        task_options=_task_options(data_dir, verify_data), retrain=retrain)
+        task_options=_task_options(data_dir, verify_data, download), retrain=retrain)
     with make_progress(err_console) as progress:
         outcome = run(config, progress=progress, log=progress.console.print)
     print_summary(outcome.record, outcome.record_path, reused=outcome.record_hit)
 
 
-def _task_options(data_dir: Path | None, verify_data: bool) -> dict[str, Any]:
+def _task_options(data_dir: Path | None, verify_data: bool, download: bool) -> dict[str, Any]:
+    """The data flags as task options; flags left at their defaults are not passed."""
     options: dict[str, Any] = {}
     if data_dir is not None:
         options["data_dir"] = data_dir
     if not verify_data:
         options["verify"] = False
+    if not download:
+        options["download"] = False
     return options
 
 
-def print_summary(record: dict[str, Any], path: Path, reused: bool = False) -> None:
+def print_summary(record: RunRecord, path: Path, reused: bool = False) -> None:
     """Print the run's summary table: best MLP, best linear probe, trivial baseline.
 
     ``reused``: the run was already finished and its record was read, not recomputed.
     """
-    metric = record["metric"]
-    arrow = "lower is better" if metric["direction"] == "lower" else "higher is better"
-    table = Table(title=f"{record['encoder']} on {record['task']} (z={record['z_dim']}, "
-                  f"preset {record['preset']}, seed {record['seed']})", title_justify="left")
+    metric = record.metric
+    arrow = "lower is better" if record.lower_is_better else "higher is better"
+    table = Table(title=f"{record.encoder} on {record.task} (z={record.z_dim}, "
+                  f"preset {record.preset}, seed {record.seed})", title_justify="left")
     table.add_column("probe")
     table.add_column("selected")
     table.add_column("val loss", justify="right")
     table.add_column(f"test {metric['name']} ({arrow})", justify="right")
-    probes = record["probes"]
-    val_loss = {c["name"]: c["val_loss"] for c in probes["candidates"]}
+    val_loss = {c["name"]: c["val_loss"] for c in record.probes["candidates"]}
     for label, key in (("best MLP", "mlp"), ("best linear", "linear")):
-        chosen = probes[f"best_{key}"]
+        chosen = record.probes[f"best_{key}"]
         table.add_row(label, chosen, f"{val_loss[chosen]:.5f}",
-                      _fmt_metric(metric["name"], record["test"][key]))
+                      _fmt_metric(metric["name"], record.test[key]))
     table.add_row("trivial baseline", "train mean / majority", "",
-                  _fmt_metric(metric["name"], record["test"]["baseline"]))
-    if "least_squares" in record["test"]:  # not a paper row: the closed-form linear fit
+                  _fmt_metric(metric["name"], record.test["baseline"]))
+    if "least_squares" in record.test:  # not a paper row: the closed-form linear fit
         table.add_row("extra: least squares", "closed form", f"{val_loss['least_squares']:.5f}",
-                      _fmt_metric(metric["name"], record["test"]["least_squares"]))
+                      _fmt_metric(metric["name"], record.test["least_squares"]))
     console = _console()
     console.print(table)
-    recon = record.get("reconstruction")
+    recon = record.reconstruction
     if recon:
         console.print(f"reconstruction (Table VIII): test L1 {recon['test_l1_before']:.4f} "
                       f"before, {recon['test_l1_after']:.4f} after retraining the decoder "
                       f"({recon.get('decoder_init', 'finetune')}); grid {recon['grid']}")
-    training = record.get("training") or {}
+    training = record.training
     if "images_per_second" in training and "n_epochs" in training:
         console.print(f"training: {training['n_epochs']} epoch(s) (best {training['best_epoch']}),"
                       f" {training['images_per_second']:.0f} img/s, "
-                      f"{training.get('train_seconds', 0):.0f} s, {record['precision']}")
-    if record["encoder_config"].get("perceptual_weights") == "random":
+                      f"{training.get('train_seconds', 0):.0f} s, {record.precision}")
+    if record.encoder_config.get("perceptual_weights") == "random":
         console.print("[yellow]note:[/yellow] the perceptual network used RANDOM weights, as "
                       "asked for by name; the record says so.")
-    cache = record["cache"]
     if reused:
         console.print(f"already finished: record {path} reused, nothing recomputed "
                       "(--retrain recomputes everything).")
         return
     console.print(
-        f"checkpoint {'reused' if cache['checkpoint_hit'] else 'trained'}, embeddings "
-        f"{'from cache (not re-encoded)' if cache['embedding_cache_hit'] else 'computed'}; "
-        f"record: {path}")
+        f"checkpoint {'reused' if record.cache['checkpoint_hit'] else 'trained'}, embeddings "
+        f"{'from cache (not re-encoded)' if record.cache['embedding_cache_hit'] else 'computed'}"
+        f"; record: {path}" + (f" (predictions: {record.predictions})"
+                               if record.predictions else ""))
 
 
 def _fmt_metric(name: str, value: float) -> str:
@@ -255,7 +316,8 @@ def _fmt_metric(name: str, value: float) -> str:
 @click.argument("directories", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("leaderboard"), show_default=True,
-              help="Where README.md and the plots are written.")
+              help="The board's folder: the records (with their predictions and pictures) are "
+              "copied into OUT/results, README.md and the plots written in OUT.")
 @click.option("--check", is_flag=True, help="Only validate the records; exit 1 if any is bad.")
 @home_option
 @handle_errors
@@ -280,7 +342,7 @@ def leaderboard_command(directories: tuple[Path, ...], out_dir: Path, check: boo
     if not loaded.records:
         raise DataError(f"No valid result records in {', '.join(map(str, dirs))}.",
                         "Run `embench run` first or pass the directories that hold records.")
-    path = publish(loaded.records, out_dir)
+    path = publish(loaded.paths, out_dir)  # the records (and sidecars) join the board
     console.print(f"leaderboard written to {path}")
 
 
@@ -288,14 +350,11 @@ def leaderboard_command(directories: tuple[Path, ...], out_dir: Path, check: boo
 @click.option("--task", "-t", required=True)
 @preset_option
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--z", "z_sizes", type=click.IntRange(min=1), multiple=True,
-              help="z sizes (default: the preset's grid for the task). Repeatable.")
+@z_sizes_option("the preset's grid for the task")
 @click.option("--encoders", default="ae,vae,p_ae,p_vae", show_default=True,
               help="Comma-separated encoder names.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
-              show_default=True)
+@device_option()
+@precision_option()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("leaderboard"), show_default=True)
 @home_option
@@ -304,26 +363,19 @@ def reproduce_command(task: str, preset: str, seeds: int, z_sizes: tuple[int, ..
                       encoders: str, device: str, precision: str, out_dir: Path,
                       home: Path | None) -> None:
     """Train and score the paper's encoders over the preset's z sizes; publish the board."""
-    from embench.progress import make_progress
     from embench.runner import reproduce
 
     names = tuple(e.strip() for e in encoders.split(",") if e.strip())
-    with make_progress(err_console) as progress:
-        outcomes, path = reproduce(task, preset, encoders=names, z_sizes=z_sizes or None,
-                                   seeds=seeds, home=home, device=device, precision=precision,
-                                   out_dir=out_dir, progress=progress,
-                                   log=progress.console.print)
-    for outcome in outcomes:
-        print_summary(outcome.record, outcome.record_path)
-    _console().print(f"leaderboard written to {path}")
+    _live_sweep(lambda on_change, log: reproduce(
+        task, preset, encoders=names, z_sizes=z_sizes or None, seeds=seeds, home=home,
+        device=device, precision=precision, out_dir=out_dir, on_change=on_change, log=log))
 
 
 @main.command("sweep")
 @click.argument("config_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--encoders", default=None, help="Comma-separated encoder names.")
 @click.option("--tasks", default=None, help="Comma-separated task names.")
-@click.option("--z", "z_sizes", type=click.IntRange(min=1), multiple=True,
-              help="z sizes (default: each task's grid in the preset). Repeatable.")
+@z_sizes_option("each task's grid in the preset")
 @click.option("--seeds", type=click.IntRange(min=1), default=None,
               help="Number of seeds, 0..N-1 [default: 1].")
 @click.option("--preset", default=None, metavar="[smoke|quick|paper]",
@@ -337,10 +389,10 @@ def reproduce_command(task: str, preset: str, seeds: int, z_sizes: tuple[int, ..
 @click.option("--address", default=None, help="Ray cluster address (default: a local Ray).")
 @click.option("--retry", type=click.IntRange(min=0), default=None,
               help="Times a failed job is tried again [default: 0].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None)
+@device_option(default=None)
+@precision_option(default=None)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where the leaderboard is published [default: leaderboard].")
+              help="Where the leaderboard is published [default: EMBENCH_HOME/leaderboard].")
 @home_option
 @handle_errors
 def sweep_command(config_file: Path | None, encoders: str | None, tasks: str | None,
@@ -354,8 +406,6 @@ def sweep_command(config_file: Path | None, encoders: str | None, tasks: str | N
     tasks, z, seeds, preset, executor, workers, threads_per_job, address, retry, device,
     precision, out); flags win. Finished runs are skipped, so rerunning a sweep resumes it.
     """
-    from rich.live import Live
-
     from embench.sweep import SweepSpec, run_sweep
 
     flags = {"encoders": encoders, "tasks": tasks, "z": list(z_sizes) or None,
@@ -366,16 +416,22 @@ def sweep_command(config_file: Path | None, encoders: str | None, tasks: str | N
         spec = SweepSpec.from_toml(config_file, **flags)
     else:
         spec = SweepSpec.from_values(flags)
+    _live_sweep(lambda on_change, log: run_sweep(spec, on_change=on_change, log=log))
+
+
+def _live_sweep(start: Callable[..., Any]) -> None:
+    """Run a sweep (``start(on_change, log)``) under the live table; report; exit 1 on failure."""
+    from rich.live import Live
+
     console = _console()
     with Live(_sweep_table([]), console=err_console, refresh_per_second=2,
               transient=False) as live:
-        outcome = run_sweep(spec, on_change=lambda states: live.update(_sweep_table(states)),
-                            log=live.console.print)
+        outcome = start(lambda states: live.update(_sweep_table(states)), live.console.print)
     console.print(f"sweep finished in {outcome.seconds:.0f} s: {outcome.count('done')} done "
                   f"({len(outcome.computed)} run(s) computed, {len(outcome.reused)} reused), "
                   f"{outcome.count('failed')} failed, {outcome.count('blocked')} blocked.")
     if outcome.board is not None:
-        console.print(f"leaderboard written to {outcome.board}")
+        console.print(f"leaderboard written to {outcome.board.resolve()}", soft_wrap=True)
     bad = [s for s in outcome.states if s.status in ("failed", "blocked")]
     for state in bad:
         err_console.print(f"[red]{state.status}[/red] {state.job.name}: "
@@ -431,7 +487,7 @@ def verify_command(record_path: Path, full: bool, tolerance: float | None,
 
     record = load_record(record_path)
     tol = tolerance if tolerance is not None else (0.05 if full else 1e-6)
-    made_by = record.get("embench_version")
+    made_by = record.embench_version
     if made_by != CODE_VERSION:
         err_console.print(f"[yellow]note[/yellow]: the record was made by {made_by}, this is "
                           f"{CODE_VERSION}; versions may differ in float rounding, so small "
@@ -466,7 +522,7 @@ def weights_group() -> None:
 @handle_errors
 def weights_fetch(network: str, weights_path: Path | None, home: Path | None) -> None:
     """Fetch NETWORK's ImageNet weights into EMBENCH_HOME/weights."""
-    from embench.encoders.perceptual import weights_cli_fetch
+    from embench.encoders.perceptual_weights import weights_cli_fetch
     from embench.storage import resolve_home
 
     with err_console.status(f"fetching {network} weights"):

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from embench.results import validate_record
-from embench.storage import CODE_VERSION, atomic_path, fingerprint
+from embench.results import RunRecord, sidecar_path, validate_record
+from embench.storage import atomic_path
 
 #: The paper's Tables II-VII: PAPER[task][probe][encoder][z] (LunarLander in px, others as
 #: accuracy fractions).
@@ -71,56 +71,22 @@ _T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
         2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 
 
-def protocol_of(record: dict[str, Any]) -> str:
-    """The record's protocol fingerprint (stored, or derived for older records)."""
-    return record.get("protocol", {}).get("fingerprint") or fingerprint(
-        "protocol", record["task"], record["fingerprints"]["data"],
-        record.get("preset_config", {}), record["metric"],
-        version=record.get("embench_version", CODE_VERSION))
-
-
 @dataclass
 class LoadedRecords:
     """Valid, de-duplicated records and the problems found in the rest."""
 
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[RunRecord] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     duplicates: int = 0
 
 
-def check_consistency(record: dict[str, Any]) -> list[str]:
-    """Problems where the record's fields disagree with its own fingerprints."""
-    problems = []
-    config = record.get("encoder_config", {})
-    if "z_dim" in config and config["z_dim"] != record["z_dim"]:
-        problems.append(f"z_dim {record['z_dim']} disagrees with encoder_config.z_dim "
-                        f"{config['z_dim']}")
-    # Fingerprints are rechecked with the version that computed them (the record's own).
-    version = record["embench_version"]
-    spec = record.get("encoder_spec")
-    if spec is not None:
-        train = fingerprint("train", spec, config, record["fingerprints"]["data"],
-                            version=version)
-        if train != record["fingerprints"].get("train"):
-            problems.append("fingerprints.train does not match encoder_config and the data "
-                            "fingerprint (edited config?)")
-    protocol = record.get("protocol")
-    if isinstance(protocol, dict) and "fingerprint" in protocol:
-        fields = {k: v for k, v in protocol.items() if k != "fingerprint"}
-        if fingerprint("protocol", fields, version=version) != protocol["fingerprint"]:
-            problems.append("protocol fingerprint does not match its fields")
-    if record.get("task") in PAPER and record["metric"].get("name") == "accuracy":
-        for key in ("mlp", "linear", "baseline"):
-            if not 0 <= record["test"][key] <= 1:
-                problems.append(f"test.{key} accuracy {record['test'][key]} outside [0, 1]")
-    return problems
-
-
 def load_records(directories: list[Path]) -> LoadedRecords:
     """Read every ``*.json`` record under the directories, validating and merging duplicates.
 
-    A record seen twice (same run fingerprint, which includes the seed) counts once.
+    A record is refused (with the reason) when its JSON is invalid or its fields disagree
+    with its own fingerprints. A record seen twice (same run fingerprint, which includes the
+    seed) counts once. A record may come with or without its predictions sidecar.
     """
     out = LoadedRecords()
     seen: set[str] = set()
@@ -128,17 +94,20 @@ def load_records(directories: list[Path]) -> LoadedRecords:
         files = [directory] if directory.is_file() else sorted(directory.rglob("*.json"))
         for path in files:
             try:
-                record = json.loads(path.read_text())
+                data = json.loads(path.read_text())
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
                 out.problems.append(f"{path}: not valid JSON ({exc})")
                 continue
-            problems = validate_record(record)
-            if not problems:
-                problems = check_consistency(record)
+            problems = validate_record(data)
             if problems:
                 out.problems.append(f"{path}: {'; '.join(problems)}")
                 continue
-            key = f"{record['fingerprints']['run']}:{record['seed']}"
+            record = RunRecord.from_dict(data, source=str(path))
+            problems = record.consistency_problems()
+            if problems:
+                out.problems.append(f"{path}: {'; '.join(problems)}")
+                continue
+            key = f"{record.run_key}:{record.seed}"
             if key in seen:
                 out.duplicates += 1
                 continue
@@ -171,42 +140,51 @@ class Group:
 
     task: str
     protocol: str
-    records: list[dict[str, Any]]
+    records: list[RunRecord]
     superseded: int = 0
 
     @property
     def metric(self) -> dict[str, str]:
         """The task's metric name and direction."""
-        return self.records[0]["metric"]
+        return self.records[0].metric
 
     def encoders(self) -> list[str]:
         """Paper encoders first, in the paper's order, then the others alphabetically."""
-        names = {r["encoder"] for r in self.records}
+        names = {r.encoder for r in self.records}
         return [e for e in PAPER_ENCODERS if e in names] + sorted(names - set(PAPER_ENCODERS))
 
     def cells(self, probe: str) -> dict[tuple[str, int], list[float]]:
         """Test metric values per (encoder, z), one per seed."""
         cells: dict[tuple[str, int], list[float]] = defaultdict(list)
         for r in self.records:
-            cells[(r["encoder"], r["z_dim"])].append(float(r["test"][probe]))
+            cells[(r.encoder, r.z_dim)].append(float(r.test[probe]))
         return cells
 
 
-def group_records(records: list[dict[str, Any]]) -> list[Group]:
+def as_records(records: list[RunRecord] | list[dict[str, Any]]) -> list[RunRecord]:
+    """Records as :class:`RunRecord` (JSON objects, e.g. read in a notebook, are converted).
+
+    Raises:
+        DataError: for a JSON object that is not a valid record.
+    """
+    return [r if isinstance(r, RunRecord) else RunRecord.from_dict(r) for r in records]
+
+
+def group_records(records: list[RunRecord]) -> list[Group]:
     """Group records by (task, protocol), in a stable order.
 
     One cell averages over seeds, so within a group only the newest record of each
     (encoder, z, seed) counts: an older one (e.g. from before a retrain with other thread
     counts or code) is superseded, not averaged in as if it were another seed.
     """
-    groups: dict[tuple[str, str], dict[tuple[str, int, int], list[dict[str, Any]]]] = \
+    groups: dict[tuple[str, str], dict[tuple[str, int, int], list[RunRecord]]] = \
         defaultdict(lambda: defaultdict(list))
-    for record in records:
-        cell = (record["encoder"], record["z_dim"], record["seed"])
-        groups[(record["task"], protocol_of(record))][cell].append(record)
+    for record in as_records(records):
+        cell = (record.encoder, record.z_dim, record.seed)
+        groups[(record.task, record.protocol_id)][cell].append(record)
     out = []
     for (task, proto), cells in sorted(groups.items()):
-        newest = [max(recs, key=lambda r: r["created"]) for _, recs in sorted(cells.items())]
+        newest = [max(recs, key=lambda r: r.created) for _, recs in sorted(cells.items())]
         superseded = sum(len(recs) - 1 for recs in cells.values())
         out.append(Group(task, proto, newest, superseded))
     return out
@@ -249,7 +227,7 @@ def render_table(group: Group, probe: str) -> str:
                 text += f" (paper {_fmt(metric, ref)})"
             row.append(text)
         lines.append("| " + " | ".join(row) + " |")
-    baseline = [float(r["test"]["baseline"]) for r in group.records]
+    baseline = [float(r.test["baseline"]) for r in group.records]
     lines.append(f"| trivial baseline | {_fmt(metric, float(np.mean(baseline)))} "
                  f"(predict the probe-train mean / majority class) |" + " |" * (len(encoders) - 1))
     return "\n".join(lines)
@@ -267,12 +245,12 @@ def _paper_value(paper: dict[str, dict[int, float]], encoder: str, z: Any,
 
 def _provenance(group: Group) -> str:
     recs = group.records
-    presets = sorted({r["preset"] for r in recs})
-    devices = sorted({r.get("device", "?") for r in recs})
-    versions = sorted({r["embench_version"] for r in recs})
-    dates = sorted(r["created"][:10] for r in recs)
-    seeds = sorted({r["seed"] for r in recs})
-    sizes = recs[0]["split_sizes"]
+    presets = sorted({r.preset for r in recs})
+    devices = sorted({r.device for r in recs})
+    versions = sorted({r.embench_version for r in recs})
+    dates = sorted(r.created[:10] for r in recs)
+    seeds = sorted({r.seed for r in recs})
+    sizes = recs[0].split_sizes
     split_text = ", ".join(f"{k} {v:,}" for k, v in sizes.items())
     superseded = (f" ({group.superseded} older record(s) of the same cells superseded)"
                   if group.superseded else "")
@@ -283,11 +261,11 @@ def _provenance(group: Group) -> str:
             f"{split_text}")
 
 
-def render_markdown(records: list[dict[str, Any]], plots: dict[str, str] | None = None,
+def render_markdown(records: list[RunRecord], plots: dict[str, str] | None = None,
                     title: str = "embench leaderboard") -> str:
     """The whole board as markdown."""
     plots = plots or {}
-    groups = group_records(records)
+    groups = group_records(as_records(records))
     out = [f"# {title}", "",
            "Generated by `embench leaderboard` from the result records in `results/`; do not "
            "edit by hand. Cells: mean over seeds (± 95% CI when there are several seeds); the "
@@ -334,8 +312,8 @@ class ReconstructionRow:
 
     def values(self, key: str) -> list[float]:
         """``reconstruction[key]`` of each seed that has it."""
-        return [float(r["reconstruction"][key]) for r in self.records
-                if r["reconstruction"].get(key) is not None]
+        return [float(r.reconstruction[key]) for r in self.records
+                if r.reconstruction.get(key) is not None]
 
     @property
     def l1_after(self) -> float:
@@ -343,18 +321,18 @@ class ReconstructionRow:
         return float(np.mean(self.values("test_l1_after")))
 
 
-def _has_reconstruction(record: dict[str, Any]) -> bool:
-    recon = record.get("reconstruction")
+def _has_reconstruction(record: RunRecord) -> bool:
+    recon = record.reconstruction
     return isinstance(recon, dict) and recon.get("test_l1_after") is not None
 
 
-def decoder_mode(record: dict[str, Any]) -> str:
+def decoder_mode(record: RunRecord) -> str:
     """How the record's decoder was retrained: "finetune", "reinitialize" or "not recorded".
 
     Newer records state ``reconstruction.decoder_init``; older ones only
     ``reconstruction.retraining.reinitialized``.
     """
-    recon = record.get("reconstruction") or {}
+    recon = as_records([record])[0].reconstruction or {}
     if recon.get("decoder_init"):
         return str(recon["decoder_init"])
     reinitialized = (recon.get("retraining") or {}).get("reinitialized")
@@ -369,10 +347,10 @@ def best_reconstructions(group: Group) -> list[ReconstructionRow]:
     The mean is over the seeds of each (encoder, z) cell, so one lucky seed does not pick the
     z. Ties go to the smaller z. Paper encoders first, in the paper's order, then the others.
     """
-    cells: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    cells: dict[tuple[str, int], list[RunRecord]] = defaultdict(list)
     for r in group.records:
         if _has_reconstruction(r):
-            cells[(r["encoder"], r["z_dim"])].append(r)
+            cells[(r.encoder, r.z_dim)].append(r)
     rows = []
     for encoder in group.encoders():
         zs = tuple(z for (e, z) in sorted(cells) if e == encoder)
@@ -387,9 +365,9 @@ _MODE_TEXT = {"finetune": "fine-tuned from the trained decoder (`finetune`)",
               "not recorded": "not recorded"}
 
 
-def _epochs_text(records: list[dict[str, Any]]) -> str:
-    epochs = sorted({r["reconstruction"]["decoder_epochs"] for r in records
-                     if r["reconstruction"].get("decoder_epochs") is not None})
+def _epochs_text(records: list[RunRecord]) -> str:
+    epochs = sorted({r.reconstruction["decoder_epochs"] for r in records
+                     if r.reconstruction.get("decoder_epochs") is not None})
     if not epochs:
         return "epochs not recorded"
     return f"at most {' / '.join(map(str, epochs))} epochs"
@@ -422,7 +400,7 @@ def render_reconstruction_table(group: Group) -> str | None:
     paper = PAPER_RECONSTRUCTION.get(group.task)
     recon_records = [r for r in group.records if _has_reconstruction(r)]
     modes = sorted({decoder_mode(r) for r in recon_records})
-    epochs = {r["reconstruction"].get("decoder_epochs") for r in recon_records}
+    epochs = {r.reconstruction.get("decoder_epochs") for r in recon_records}
     per_row = len(modes) > 1 or len(epochs) > 1
     header = ["Encoder", "best z", "seeds", "test L1 after retraining", "test L1 before",
               "relative (ours)"]
@@ -472,15 +450,15 @@ def render_reconstruction_table(group: Group) -> str | None:
 
 def _recon_links(group: Group) -> list[str]:
     links = []
-    for r in sorted(group.records, key=lambda r: (r["encoder"], r["z_dim"], r["seed"])):
-        grid = r.get("reconstruction", {}).get("grid")
+    for r in sorted(group.records, key=lambda r: (r.encoder, r.z_dim, r.seed)):
+        grid = (r.reconstruction or {}).get("grid")
         if grid:
-            link = f"results/{r['task']}/{grid}"
-            links.append(f"[{r['encoder']} z={r['z_dim']} seed {r['seed']}]({link})")
+            link = f"results/{r.task}/{grid}"
+            links.append(f"[{r.encoder} z={r.z_dim} seed {r.seed}]({link})")
     return links
 
 
-def render_plots(records: list[dict[str, Any]], out_dir: Path) -> dict[str, str]:
+def render_plots(records: list[RunRecord], out_dir: Path) -> dict[str, str]:
     """One PNG per task: MLP test metric vs z, one line per encoder. Returns task -> file name."""
     import matplotlib
 
@@ -488,7 +466,7 @@ def render_plots(records: list[dict[str, Any]], out_dir: Path) -> dict[str, str]
     import matplotlib.pyplot as plt
 
     plots = {}
-    for group in group_records(records):
+    for group in group_records(as_records(records)):
         if group.task in plots:
             continue  # one plot per task: the first protocol group
         fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
@@ -511,8 +489,49 @@ def render_plots(records: list[dict[str, Any]], out_dir: Path) -> dict[str, str]
     return plots
 
 
-def publish(records: list[dict[str, Any]], out_dir: Path, plots: bool = True) -> Path:
-    """Write ``out_dir/README.md`` (and the plots) for the records; return the markdown path."""
+def files_of(record_file: Path) -> list[Path]:
+    """A record file and the files beside it that exist (sidecar, grid, other pictures)."""
+    stem = record_file.stem
+    beside = [sidecar_path(record_file), record_file.with_suffix(".png"),
+              *sorted(record_file.parent.glob(f"{stem}.*.png"))]
+    return [record_file, *(p for p in dict.fromkeys(beside) if p.exists())]
+
+
+def publish(record_files: list[Path], out_dir: Path, plots: bool = True) -> Path:
+    """The one way a board is published (``embench leaderboard``, ``reproduce``, ``sweep``).
+
+    Copies each record file, with its sidecar and pictures, into ``out_dir/results/<task>/``
+    (files already there stay as they are), then renders ``out_dir/README.md`` and the plots
+    from every valid record under ``out_dir/results``.
+
+    Args:
+        record_files: record JSON files to add to the board (may be empty: re-render only).
+        out_dir: the board's folder.
+        plots: also draw the error-vs-z plots.
+
+    Returns:
+        The path of the rendered markdown.
+
+    Raises:
+        DataError: if a record file cannot be read.
+    """
+    results = out_dir / "results"
+    for record_file in record_files:
+        task = RunRecord.from_dict(json.loads(Path(record_file).read_text()),
+                                   source=str(record_file)).task
+        target_dir = results / task
+        for source in files_of(Path(record_file)):
+            target = target_dir / source.name
+            if target.exists() and target.resolve() == source.resolve():
+                continue
+            with atomic_path(target) as tmp:
+                tmp.write_bytes(source.read_bytes())
+    return render_board(load_records([results]).records if results.exists() else [], out_dir,
+                        plots=plots)
+
+
+def render_board(records: list[RunRecord], out_dir: Path, plots: bool = True) -> Path:
+    """Write ``out_dir/README.md`` (and the plots) for ``records``; return the markdown path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_files = render_plots(records, out_dir) if plots else {}
     path = out_dir / "README.md"

@@ -1,7 +1,11 @@
 """The contracts between embench and its plugins: :class:`Encoder`, :class:`Task`, task data.
 
-Plugins do not subclass anything: any object with these members works (``isinstance`` checks
-use the runtime-checkable protocols). ``embench.testing`` runs the conformance battery.
+Plugins do not subclass anything: any object with the required members works (``isinstance``
+checks use the runtime-checkable protocols). :class:`Encoder` and :class:`Task` list only what
+every plugin must have; the optional hooks embench uses when present have their own protocols
+(:class:`Checkpointable`, :class:`Configurable`, :class:`ReportsTraining`,
+:class:`HasEvaluationConfig`, :class:`RetrainsDecoder`). ``embench.testing`` runs the
+conformance battery.
 """
 
 from __future__ import annotations
@@ -56,12 +60,19 @@ class TaskData:
 
 @runtime_checkable
 class Encoder(Protocol):
-    """What an encoder plugin provides (sklearn transformer spirit).
+    """The members every encoder plugin must have (sklearn transformer spirit).
 
-    Constructed from keyword config (``z_dim`` at least). ``fit`` trains it on the autoencoder
-    split and returns ``self`` (a pretrained encoder may do nothing). ``encode`` maps
-    ``uint8 (N, 3, H, W)`` (or float in [0, 1]) to ``(N, D)`` float32. ``fingerprint`` identifies
-    weights + config; ``save``/``load`` round-trip it through a directory.
+    Constructed from keyword config; embench passes ``z_dim``, ``seed``, ``max_epochs``, ...
+    only to factories that accept them. An encoder that takes no ``z_dim`` has a fixed size:
+    it must know ``embedding_dim`` once constructed, and its runs are filed under that size.
+    ``fit`` trains it on the autoencoder split and returns ``self`` (a pretrained encoder may
+    do nothing); it may also accept ``progress`` (a rich Progress) and ``resume_dir`` (where a
+    checkpointable encoder keeps epoch-end states), which embench passes only when accepted.
+    ``encode`` maps ``uint8 (N, 3, H, W)`` (or float in [0, 1]) to ``(N, D)`` float32.
+    ``fingerprint`` identifies weights + config (it keys the embedding cache).
+
+    Everything else is optional; see :class:`Checkpointable`, :class:`Configurable`,
+    :class:`ReportsTraining`, :class:`HasEvaluationConfig` and :class:`RetrainsDecoder`.
     """
 
     def fit(self, train_images: Any, val_images: Any, **kwargs: Any) -> Encoder: ...
@@ -74,21 +85,96 @@ class Encoder(Protocol):
     @property
     def embedding_dim(self) -> int: ...
 
+
+@runtime_checkable
+class Checkpointable(Protocol):
+    """Optional: ``save(directory)`` on the encoder and classmethod ``load`` on its factory.
+
+    With both, a trained encoder is checkpointed and reused by later runs; with neither it is
+    fitted on every run (fine for a pretrained or cheap encoder). ``load`` receives the
+    directory and, where its signature accepts them, ``device``, ``home`` and the settings of
+    :meth:`HasEvaluationConfig.evaluation_config`.
+    """
+
     def save(self, directory: Path) -> None: ...
+
+    @classmethod
+    def load(cls, directory: Path, **options: Any) -> Any: ...
+
+
+@runtime_checkable
+class Configurable(Protocol):
+    """Optional: the constructor config that determines the embeddings, JSON-ready.
+
+    It keys the checkpoint and is recorded in results. Without it sklearn's ``get_params`` is
+    used, and without either the keyword config embench passed to the factory.
+    """
+
+    def get_config(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class ReportsTraining(Protocol):
+    """Optional: what ``fit`` did (epochs, losses, ...), JSON-ready; stored in the record."""
+
+    def training_stats(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class HasEvaluationConfig(Protocol):
+    """Optional: settings that change how the encoder is evaluated, not what it embeds.
+
+    They key the run (not the checkpoint or the embedding cache) and are recorded.
+    """
+
+    def evaluation_config(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class RetrainsDecoder(Protocol):
+    """Optional: an autoencoder whose decoder can be retrained alone (Table VIII).
+
+    With ``retrain_decoder`` the run adds the reconstruction stage, which also calls
+    ``reconstruction_error`` and ``reconstruct``: all three are needed together.
+    """
+
+    def retrain_decoder(self, train_images: Any, val_images: Any, *, max_epochs: int,
+                        progress: Any = None) -> dict[str, Any]: ...
+
+    def reconstruction_error(self, images: Any, *, decoder: str = "original",
+                             metric: str = "l1") -> float: ...
+
+    def reconstruct(self, images: Any, *, decoder: str = "original") -> np.ndarray: ...
 
 
 @runtime_checkable
 class Task(Protocol):
-    """What a task plugin provides: metadata, prepared data and its metric."""
+    """The members every task plugin must have: its metric and its prepared data.
+
+    ``load`` prepares (generates, downloads or verifies) the data and returns it with every
+    split of :data:`SPLITS`. Optional: ``name`` and ``image_size`` (side of the square images),
+    checked by ``embench.testing`` when present.
+    """
 
     kind: TaskKind
-    image_size: int
     metric_name: str
     metric_direction: Literal["lower", "higher"]
 
     def load(self, home: Path, preset: Any, seed: int, progress: Any = None) -> TaskData: ...
 
     def score(self, y_true: np.ndarray, y_pred: np.ndarray) -> float: ...
+
+
+def missing_members(obj: Any, protocol: type) -> list[str]:
+    """The members of ``protocol`` that ``obj`` lacks, found without calling any property.
+
+    Unlike ``isinstance(obj, protocol)``, this never evaluates a property (an encoder's
+    ``fingerprint`` may raise before ``fit``) and it says which members are missing.
+    """
+    names = set(getattr(protocol, "__annotations__", {}))
+    names |= {name for name in vars(protocol) if not name.startswith("_")}
+    present = set(dir(type(obj))) | set(getattr(obj, "__dict__", {}))
+    return sorted(names - present)
 
 
 def patience_for(max_epochs: int) -> int:

@@ -20,6 +20,7 @@ import numpy as np
 
 from embench.cache import DEFAULT_BATCH as EMBED_BATCH
 from embench.cache import cache_path, embed_splits, embedding_key, read_cache, write_cache
+from embench.devices import resolve_device
 from embench.errors import ConfigError, EmbenchError, PluginError
 from embench.presets import Preset, get_preset
 from embench.protocols import (
@@ -32,7 +33,21 @@ from embench.protocols import (
     TaskData,
 )
 from embench.registry import get_plugin, instantiate
-from embench.results import SCHEMA_VERSION, environment_versions, record_path, write_record
+from embench.results import (
+    SCHEMA_VERSION,
+    Predictions,
+    RunRecord,
+    environment_versions,
+    load_record,
+    path_of,
+    protocol_fingerprint,
+    record_path,
+    run_fingerprint,
+    sidecar_path,
+    train_fingerprint,
+    write_predictions,
+    write_record,
+)
 from embench.storage import (
     CODE_VERSION,
     atomic_dir,
@@ -89,18 +104,11 @@ class RunOutcome:
     device and precision) was found and returned without repeating the probe search.
     """
 
-    record: dict[str, Any]
+    record: RunRecord
     record_path: Path
     checkpoint_hit: bool
     cache_hit: bool
     record_hit: bool = False
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; refuse unknown or absent devices."""
-    from embench.training import resolve_device as resolve_torch_device
-
-    return str(resolve_torch_device(device))
 
 
 def load_task(name: str, options: dict[str, Any] | None = None) -> Any:
@@ -126,6 +134,20 @@ def _accepts(method: Any, name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _fixed_size(encoder: Any, name: str, requested: int | None) -> int:
+    """The size of an encoder that takes no ``z_dim``; refuse a ``--z`` that differs from it."""
+    try:
+        size = int(encoder.embedding_dim)
+    except Exception as exc:
+        raise PluginError(f"Encoder {name!r} takes no z_dim, so its runs are filed under its "
+                          f"embedding_dim, but reading it before fit() failed: {exc}.") from exc
+    if requested is not None and requested != size:
+        raise ConfigError(f"Encoder {name!r} has a fixed embedding size {size} (it takes no "
+                          f"z_dim), so --z {requested} cannot apply.",
+                          f"Drop --z: its runs are filed under z={size}.")
+    return size
 
 
 def _encoder_config(encoder: Any, given: dict[str, Any]) -> dict[str, Any]:
@@ -247,10 +269,8 @@ def _baseline_prediction(kind: str, y_train: np.ndarray, n: int) -> np.ndarray:
 
 
 def _finished_record(path: Path, run_key: str, device: str, precision: str,
-                     log: Log) -> dict[str, Any] | None:
+                     log: Log) -> RunRecord | None:
     """The record at ``path`` if it is valid and belongs to this exact run, else ``None``."""
-    from embench.results import load_record
-
     if not path.exists():
         return None
     try:
@@ -258,13 +278,182 @@ def _finished_record(path: Path, run_key: str, device: str, precision: str,
     except EmbenchError as exc:  # embench wrote it, so it is recomputed, with a warning
         log(f"[yellow]warning:[/yellow] recomputing: {exc}")
         return None
-    same = (record["fingerprints"].get("run") == run_key and record.get("device") == device
-            and record.get("precision") == precision)
+    same = (record.run_key == run_key and record.device == device
+            and record.precision == precision)
     return record if same else None
+
+
+# --------------------------------------------------------------------------------------------
+# Stages: each takes and returns plain values; run() chains them.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EncoderSetup:
+    """The encoder as constructed for a run, before any data exists."""
+
+    name: str
+    spec: str
+    distribution: str | None
+    factory: Any
+    encoder: Any
+    given: dict[str, Any]
+    z: int
+    evaluation: dict[str, Any]
+
+
+def check_run_config(config: RunConfig) -> tuple[Preset, Path, str]:
+    """Validate what needs no plugin: preset, z, seed, device, precision.
+
+    Returns:
+        The preset, the home directory and the resolved device name.
+    """
+    preset = get_preset(config.preset)
+    home = resolve_home(config.home)
+    if config.z is not None and (not isinstance(config.z, int) or config.z < 1):
+        raise ConfigError(f"Invalid --z {config.z!r}: must be a positive integer.")
+    if not isinstance(config.seed, int) or config.seed < 0:
+        raise ConfigError(f"Invalid --seed {config.seed!r}: must be a non-negative integer.")
+    device = str(resolve_device(config.device))  # records store the name
+    if config.precision not in {"fp32", "bf16"}:
+        raise ConfigError(f"Invalid precision {config.precision!r}.", "Use fp32 or bf16.")
+    return preset, home, device
+
+
+def build_encoder(config: RunConfig, preset: Preset, home: Path, device: str,
+                  task_name: str) -> EncoderSetup:
+    """Construct the encoder (so bad options fail before any data is generated)."""
+    info = get_plugin("encoder", config.encoder)
+    factory = info.load()
+    z = config.z if config.z is not None else preset.default_z(task_name)
+    hints = {"z_dim": z, "seed": config.seed, "max_epochs": preset.autoencoder_epochs,
+             "batch_size": preset.batch_size, "device": device, "precision": config.precision,
+             "home": home}
+    encoder, given = instantiate(factory, info.name, "encoder", hints, config.encoder_options)
+    if "z_dim" not in given:  # a fixed-size encoder: its runs are filed under its real size
+        z = _fixed_size(encoder, info.name, config.z)
+    # settings that key the evaluation, not the encoder (e.g. how Table VIII's decoder starts)
+    evaluation = (encoder.evaluation_config()
+                  if callable(getattr(encoder, "evaluation_config", None)) else {})
+    return EncoderSetup(info.name, info.value, info.distribution, factory, encoder, given,
+                        int(z), evaluation)
+
+
+def embed_stage(
+    encoder: Any, encoder_name: str, task_name: str, encoder_fp: str, data: TaskData,
+    key: str, home: Path, progress: Any, log: Log,
+) -> tuple[dict[str, dict[str, np.ndarray]], bool]:
+    """Every split's embeddings and labels, from the cache or computed and cached.
+
+    Returns:
+        ``{split: {"embeddings", "labels"}}`` and whether the cache was hit.
+    """
+    path = cache_path(home, encoder_name, task_name, key)
+    with file_lock(path.with_suffix(".lock")):
+        cached = read_cache(path, key, data.sizes())
+        if cached is not None:
+            log(f"embedding cache hit: {path}")
+            return cached, True
+        embeddings, _ = embed_splits(encoder, encoder_name, data, progress=progress)
+        labels = {name: data.splits[name].labels for name in data.splits}
+        write_cache(path, key, embeddings, labels,
+                    {"encoder": encoder_name, "task": task_name,
+                     "encoder_fingerprint": encoder_fp, "data_fingerprint": data.fingerprint})
+    return {name: {"embeddings": embeddings[name], "labels": labels[name]}
+            for name in embeddings}, False
+
+
+@dataclass
+class ProbeScores:
+    """The selected probes' test metrics and their predictions, item by item."""
+
+    test: dict[str, float]
+    predicted: dict[str, np.ndarray]
+
+
+def score_probes(task: Any, search: Any, X_test: np.ndarray, y_test: np.ndarray,
+                 y_train: np.ndarray) -> ProbeScores:
+    """Score the best MLP, the linear probe, the baseline (and the least-squares extra).
+
+    The one place test scores are computed: :func:`run` and :func:`verify_record` both call
+    it, so ``verify`` can never report a mismatch that is only a difference of formulas.
+    """
+    predicted = {
+        "mlp": search.best_mlp.predict(X_test),
+        "linear": search.best_linear.predict(X_test),
+        "baseline": _baseline_prediction(task.kind, y_train, len(y_test)),
+    }
+    if getattr(search, "least_squares", None) is not None:
+        # an extra, not a paper row: the closed-form fit of the linear map
+        predicted["least_squares"] = search.least_squares.predict(X_test)
+    test = {name: float(task.score(y_test, values)) for name, values in predicted.items()}
+    return ProbeScores(test, predicted)
+
+
+def probe_stage(task: Any, cached: dict[str, dict[str, np.ndarray]], preset_settings:
+                dict[str, Any], seed: int, device: str,
+                progress: Any) -> tuple[Any, ProbeScores]:
+    """The paper's probe search on the cached embeddings, then the test scores."""
+    from embench.probes import search_probes
+
+    X = {name: cached[name]["embeddings"] for name in (PROBE_TRAIN, PROBE_VAL, TEST)}
+    y = {name: cached[name]["labels"] for name in (PROBE_TRAIN, PROBE_VAL, TEST)}
+    search = search_probes(
+        X[PROBE_TRAIN], y[PROBE_TRAIN], X[PROBE_VAL], y[PROBE_VAL], kind=task.kind,
+        max_epochs=preset_settings["max_epochs"], batch_size=preset_settings["batch_size"],
+        seed=seed, device=device, progress=progress)
+    return search, score_probes(task, search, X[TEST], y[TEST], y[PROBE_TRAIN])
+
+
+def protocol_fields(task_name: str, task: Any, data: TaskData, preset: Preset,
+                    search: Any) -> dict[str, Any]:
+    """What makes two records comparable, with its fingerprint."""
+    sizes = data.sizes()
+    protocol = {
+        "task": task_name,
+        "data": data.fingerprint,
+        "split_sizes": {name: sizes[name] for name in SPLITS if name in sizes},
+        "preset": {k: v for k, v in preset.to_dict().items() if k not in ("z_sizes", "name")},
+        "probe_grid": sorted(c["name"] for c in search.to_dict()["candidates"]),
+        "selection": "lowest validation MSE; best MLP and the linear probe (one layer trained "
+                     "like the MLPs) scored on test; closed-form least squares reported as an "
+                     "extra",
+        "metric": {"name": task.metric_name, "direction": task.metric_direction},
+    }
+    protocol["fingerprint"] = protocol_fingerprint(protocol)
+    return protocol
+
+
+def write_run_outputs(home: Path, record: RunRecord, scores: ProbeScores, data: TaskData,
+                      grid_file: str | None) -> Path:
+    """Write the grid and the predictions sidecar beside the record, then the record itself.
+
+    The record is written last: its presence means the run finished, sidecar included.
+    """
+    out = path_of(home, record)
+    home_dir(home, "results")
+    if grid_file is not None:  # Fig. 6-style grid next to the record
+        grid = out.with_suffix(".png")
+        with atomic_path(grid) as tmp:
+            tmp.write_bytes(Path(grid_file).read_bytes())
+        record.reconstruction = {**(record.reconstruction or {}), "grid": grid.name}
+    test = data.splits[TEST]
+    sidecar = write_predictions(sidecar_path(out), Predictions(
+        items=np.arange(len(test), dtype=np.int64), y_true=np.asarray(test.labels),
+        predicted={k: np.asarray(v) for k, v in scores.predicted.items()},
+        data_fingerprint=data.fingerprint,
+        groups=None if test.groups is None else np.asarray(test.groups)))
+    record.predictions = sidecar.name
+    return write_record(home, record)
 
 
 def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None) -> RunOutcome:
     """Run one encoder on one task end to end and write its result record.
+
+    Stages: check the config, build the encoder, prepare the data, fit (or load) the encoder,
+    embed every split (or read the cache), search the probes and score them, retrain the
+    decoder (autoencoders), write the record with its predictions sidecar. A run whose record
+    exists (same run fingerprint, device, precision) is returned without repeating anything.
 
     Args:
         config: what to run.
@@ -278,55 +467,32 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
         EmbenchError: for any problem the user can fix; the message says how.
     """
     timings: dict[str, float] = {}
-    preset = get_preset(config.preset)
-    home = resolve_home(config.home)
-    if config.z is not None and (not isinstance(config.z, int) or config.z < 1):
-        raise ConfigError(f"Invalid --z {config.z!r}: must be a positive integer.")
-    if not isinstance(config.seed, int) or config.seed < 0:
-        raise ConfigError(f"Invalid --seed {config.seed!r}: must be a non-negative integer.")
-    device = resolve_device(config.device)
-    if config.precision not in {"fp32", "bf16"}:
-        raise ConfigError(f"Invalid precision {config.precision!r}.", "Use fp32 or bf16.")
-    encoder_info = get_plugin("encoder", config.encoder)
-    encoder_factory = encoder_info.load()
-    encoder_name = encoder_info.name
+    preset, home, device = check_run_config(config)
     task_name = get_plugin("task", config.task).name
-    z = config.z if config.z is not None else preset.default_z(task_name)
-
-    # the encoder is built first: bad options fail before any data is generated
-    hints = {"z_dim": z, "seed": config.seed, "max_epochs": preset.autoencoder_epochs,
-             "batch_size": preset.batch_size, "device": device, "precision": config.precision,
-             "home": home}
-    encoder, given = instantiate(encoder_factory, encoder_name, "encoder", hints,
-                                 config.encoder_options)
-    # settings that key the evaluation, not the encoder (e.g. how Table VIII's decoder starts)
-    evaluation = (encoder.evaluation_config()
-                  if callable(getattr(encoder, "evaluation_config", None)) else {})
+    setup = build_encoder(config, preset, home, device, task_name)
 
     start = time.perf_counter()
     task, data = prepare_task(config.task, preset, home, config.data_seed,
                               config.task_options, progress)
     timings["data_seconds"] = time.perf_counter() - start
 
-    encoder_config = _encoder_config(encoder, {k: v for k, v in given.items() if k != "home"})
-    train_key = fingerprint("train", encoder_info.value, encoder_config, data.fingerprint)
-
+    encoder_config = _encoder_config(setup.encoder,
+                                     {k: v for k, v in setup.given.items() if k != "home"})
+    train_key = train_fingerprint(setup.spec, encoder_config, data.fingerprint)
     start = time.perf_counter()
     encoder, checkpoint_hit, training = fit_or_load_encoder(
-        encoder_factory, encoder_name, encoder, train_key, data, home, config.retrain,
-        progress, log, load_options={**evaluation, "device": device, "home": home})
+        setup.factory, setup.name, setup.encoder, train_key, data, home, config.retrain,
+        progress, log, load_options={**setup.evaluation, "device": device, "home": home})
     timings["train_seconds"] = time.perf_counter() - start
     try:
         encoder_fp = str(encoder.fingerprint)
     except Exception as exc:
-        raise PluginError(f"Encoder {encoder_name!r} has no usable fingerprint: {exc}.") from exc
+        raise PluginError(f"Encoder {setup.name!r} has no usable fingerprint: {exc}.") from exc
 
     key = embedding_key(encoder_fp, data.fingerprint)
-    run_key = fingerprint("run", train_key, key, preset.to_dict(), config.seed,
-                          *([evaluation] if evaluation else []))
-    out = record_path(home, {"task": task_name, "encoder": encoder_name, "z_dim": int(z),
-                             "seed": config.seed, "preset": preset.name,
-                             "fingerprints": {"run": run_key}})
+    run_key = run_fingerprint(train_key, key, preset.to_dict(), config.seed, setup.evaluation)
+    out = record_path(home, task=task_name, encoder=setup.name, z_dim=setup.z,
+                      seed=config.seed, preset=preset.name, run_key=run_key)
     finished = None if config.retrain else _finished_record(
         out, run_key, device, config.precision, log)
     if finished is not None:  # every stage of this run is done: nothing to repeat
@@ -334,161 +500,115 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
         return RunOutcome(finished, out, checkpoint_hit, True, record_hit=True)
 
     start = time.perf_counter()
-    path = cache_path(home, encoder_name, task_name, key)
-    sizes = data.sizes()
-    with file_lock(path.with_suffix(".lock")):
-        cached = read_cache(path, key, sizes)
-        cache_hit = cached is not None
-        if cached is None:
-            embeddings, _ = embed_splits(encoder, encoder_name, data, progress=progress)
-            labels = {name: data.splits[name].labels for name in data.splits}
-            write_cache(path, key, embeddings, labels,
-                        {"encoder": encoder_name, "task": task_name,
-                         "encoder_fingerprint": encoder_fp, "data_fingerprint": data.fingerprint})
-            cached = {name: {"embeddings": embeddings[name], "labels": labels[name]}
-                      for name in embeddings}
-        else:
-            log(f"embedding cache hit: {path}")
+    cached, cache_hit = embed_stage(encoder, setup.name, task_name, encoder_fp, data, key, home,
+                                    progress, log)
     timings["embed_seconds"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    from embench.probes import search_probes
-
-    X = {name: cached[name]["embeddings"] for name in (PROBE_TRAIN, PROBE_VAL, TEST)}
-    y = {name: data.splits[name].labels for name in (PROBE_TRAIN, PROBE_VAL, TEST)}
-    search = search_probes(
-        X[PROBE_TRAIN], y[PROBE_TRAIN], X[PROBE_VAL], y[PROBE_VAL], kind=task.kind,
-        max_epochs=preset.probe_epochs, batch_size=preset.batch_size, seed=config.seed,
-        device=device, progress=progress)
-    test = {
-        "mlp": float(task.score(y[TEST], search.best_mlp.predict(X[TEST]))),
-        "linear": float(task.score(y[TEST], search.best_linear.predict(X[TEST]))),
-        "baseline": float(task.score(
-            y[TEST], _baseline_prediction(task.kind, y[PROBE_TRAIN], len(y[TEST])))),
-        # an extra, not a paper row: the closed-form fit of the linear map
-        "least_squares": float(task.score(y[TEST], search.least_squares.predict(X[TEST]))),
-    }
+    search, scores = probe_stage(
+        task, cached, {"max_epochs": preset.probe_epochs, "batch_size": preset.batch_size},
+        config.seed, device, progress)
     timings["probe_seconds"] = time.perf_counter() - start
 
-    reconstruction = None
+    reconstruction, grid_file = None, None
     if callable(getattr(encoder, "retrain_decoder", None)):
         start = time.perf_counter()
         reconstruction = reconstruction_stage(
-            encoder, data, preset, home / "checkpoints" / safe_name(encoder_name, "encoder name")
-            / train_key[:16], progress, log, evaluation=evaluation)
+            encoder, data, preset, home / "checkpoints" / safe_name(setup.name, "encoder name")
+            / train_key[:16], progress, log, evaluation=setup.evaluation)
+        grid_file = reconstruction.pop("grid_file")
         timings["reconstruction_seconds"] = time.perf_counter() - start
 
-    protocol = {
-        "task": task_name,
-        "data": data.fingerprint,
-        "split_sizes": {name: sizes[name] for name in SPLITS if name in sizes},
-        "preset": {k: v for k, v in preset.to_dict().items() if k not in ("z_sizes", "name")},
-        "probe_grid": sorted(c["name"] for c in search.to_dict()["candidates"]),
-        "selection": "lowest validation MSE; best MLP and the linear probe (one layer trained "
-                     "like the MLPs) scored on test; closed-form least squares reported as an "
-                     "extra",
-        "metric": {"name": task.metric_name, "direction": task.metric_direction},
-    }
-    protocol["fingerprint"] = fingerprint("protocol", protocol)
-    record = {
-        "schema_version": SCHEMA_VERSION,
-        "embench_version": CODE_VERSION,
-        "encoder": encoder_name,
-        "encoder_spec": encoder_info.value,
-        "encoder_distribution": encoder_info.distribution,
-        "task": task_name,
-        "task_kind": task.kind,
-        "preset": preset.name,
-        "preset_config": preset.to_dict(),
-        "z_dim": int(z),
-        "seed": config.seed,
-        "data_seed": config.data_seed,
-        "device": device,
-        "precision": config.precision,
+    sizes = data.sizes()
+    record = RunRecord(
+        schema_version=SCHEMA_VERSION,
+        embench_version=CODE_VERSION,
+        encoder=setup.name,
+        encoder_spec=setup.spec,
+        encoder_distribution=setup.distribution,
+        task=task_name,
+        task_kind=task.kind,
+        preset=preset.name,
+        preset_config=preset.to_dict(),
+        z_dim=setup.z,
+        seed=config.seed,
+        data_seed=config.data_seed,
+        device=device,
+        precision=config.precision,
         # CPU runs repeat bit for bit for a seed (tests check it); CUDA kernels may not
-        "deterministic": device == "cpu",
-        "threads": _torch_threads(),  # CPU results repeat for the same thread counts
-        "batch_sizes": {"autoencoder": preset.batch_size, "probe": preset.batch_size,
-                        "embedding": EMBED_BATCH},
-        "encoder_config": encoder_config,
-        "evaluation_config": evaluation,
+        deterministic=device == "cpu",
+        threads=_torch_threads(),  # CPU results repeat for the same thread counts
+        batch_sizes={"autoencoder": preset.batch_size, "probe": preset.batch_size,
+                     "embedding": EMBED_BATCH},
+        encoder_config=encoder_config,
+        evaluation_config=setup.evaluation,
         # the loss network the encoder was trained with (source, sha256), if any
-        "perceptual_weights": training.get("perceptual"),
-        "embedding_dim": int(X[TEST].shape[1]),
-        "fingerprints": {"run": run_key, "train": train_key, "encoder": encoder_fp,
-                         "data": data.fingerprint, "embeddings": key},
-        "data_info": data.info,
-        "split_sizes": {name: sizes[name] for name in SPLITS if name in sizes},
-        "metric": {"name": task.metric_name, "direction": task.metric_direction},
-        "protocol": protocol,
-        "training": training,
-        "probes": search.to_dict(),
-        "test": test,
-        "cache": {"checkpoint_hit": checkpoint_hit, "embedding_cache_hit": cache_hit},
-        "timings": timings,
-        "versions": environment_versions(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    if reconstruction is not None:
-        record["reconstruction"] = reconstruction
-    home_dir(home, "results")
-    if reconstruction is not None:  # Fig. 6-style grid next to the record
-        grid = out.with_suffix(".png")
-        with atomic_path(grid) as tmp:
-            tmp.write_bytes(Path(reconstruction.pop("grid_file")).read_bytes())
-        reconstruction["grid"] = grid.name
-    out = write_record(home, record)
+        perceptual_weights=training.get("perceptual"),
+        embedding_dim=int(cached[TEST]["embeddings"].shape[1]),
+        fingerprints={"run": run_key, "train": train_key, "encoder": encoder_fp,
+                      "data": data.fingerprint, "embeddings": key},
+        data_info=data.info,
+        split_sizes={name: sizes[name] for name in SPLITS if name in sizes},
+        metric={"name": task.metric_name, "direction": task.metric_direction},
+        protocol=protocol_fields(task_name, task, data, preset, search),
+        training=training,
+        probes=search.to_dict(),
+        test=scores.test,
+        cache={"checkpoint_hit": checkpoint_hit, "embedding_cache_hit": cache_hit},
+        timings=timings,
+        versions=environment_versions(),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        reconstruction=reconstruction,
+    )
+    out = write_run_outputs(home, record, scores, data, grid_file)
     return RunOutcome(record, out, checkpoint_hit, cache_hit)
-
-
-def copy_record_to_board(record_file: Path, home: Path, out_dir: Path) -> Path:
-    """Copy a record under ``home/results`` (and its reconstruction grid) to ``out_dir/results``.
-
-    Returns:
-        The copy's path, at the same place relative to ``results/``.
-    """
-    relative = record_file.relative_to(home / "results")
-    target = out_dir / "results" / relative
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(record_file.read_bytes())
-    grid = record_file.with_suffix(".png")
-    if grid.exists():
-        with atomic_path(target.with_suffix(".png")) as tmp:
-            tmp.write_bytes(grid.read_bytes())
-    return target
 
 
 def reproduce(
     task: str, preset_name: str, *, encoders: tuple[str, ...] = ("ae", "vae", "p_ae", "p_vae"),
     z_sizes: tuple[int, ...] | None = None, seeds: int = 1, home: Path | None = None,
     device: str = "auto", precision: str = "fp32", out_dir: Path = Path("leaderboard"),
-    progress: Any = None, log: Log = lambda message: None,
-) -> tuple[list[RunOutcome], Path]:
+    on_change: Callable[[list[Any]], None] | None = None, log: Log = lambda message: None,
+) -> Any:
     """Run the paper's grid (encoders x z x seeds) on one task and publish the leaderboard.
 
-    Finished runs are reused (checkpoints, embeddings), so an interrupted reproduction resumes
-    where it stopped. The records are copied into ``out_dir/results/`` and the board is
-    rendered from every record there.
+    A fixed sweep (:func:`embench.sweep.run_sweep`): one job at a time, each with all usable
+    CPUs, publishing to ``out_dir``. Finished runs are reused (checkpoints, embeddings,
+    records), and a cell whose record of this version is already on the board is not run
+    again, so a reproduction resumes where it stopped, even on a new machine.
 
     Returns:
-        The outcomes of the runs and the path of the rendered markdown.
+        The sweep's outcome (each job's state, the board's path).
     """
-    from embench.leaderboard import load_records, publish
+    from embench.sweep import SweepSpec, run_sweep
+    from embench.workers import usable_cpus
 
-    preset = get_preset(preset_name)
-    zs = z_sizes or preset.z_sizes.get(task, (preset.default_z(task),))
-    outcomes = []
-    jobs = [(e, z, s) for s in range(seeds) for z in zs for e in encoders]
-    for i, (encoder, z, seed) in enumerate(jobs, 1):
-        log(f"[{i}/{len(jobs)}] {encoder} z={z} seed={seed}")
-        outcome = run(RunConfig(encoder=encoder, task=task, preset=preset_name, z=z, seed=seed,
-                                device=device, precision=precision, home=home),
-                      progress=progress, log=log)
-        outcomes.append(outcome)
-        copy_record_to_board(outcome.record_path, resolve_home(home), out_dir)
-        # publish after every run, so an interrupted reproduction still leaves a current board
-        board = publish(load_records([out_dir / "results"]).records, out_dir)
-    return outcomes, board
+    spec = SweepSpec(encoders=tuple(encoders), tasks=(task,), z_sizes=tuple(z_sizes or ()),
+                     seeds=seeds, preset=preset_name, executor="local", workers=1,
+                     threads_per_job=usable_cpus(), device=device, precision=precision,
+                     home=home, out=out_dir)
+    return run_sweep(spec, on_change=on_change, log=log)
+
+
+def record_on_board(out_dir: Path, task: str, encoder: str, z: int, seed: int, preset: str,
+                    device: str, precision: str) -> Path | None:
+    """The board's record of this cell at this embench version, if there is one.
+
+    A record counts when it is valid, consistent with its fingerprints, and was made by this
+    embench version with the same encoder, z, seed, preset, device and precision (so a
+    protocol or version change runs the cell again).
+    """
+    directory = out_dir / "results" / safe_name(task, "task name")
+    pattern = f"{safe_name(encoder, 'encoder name')}-z{z}-seed{seed}-{preset}-*.json"
+    for path in sorted(directory.glob(pattern)):
+        try:
+            record = load_record(path)
+        except EmbenchError:
+            continue
+        if (record.embench_version == CODE_VERSION and record.device == device
+                and record.precision == precision and not record.consistency_problems()):
+            return path
+    return None
 
 
 @dataclass
@@ -508,7 +628,7 @@ class Verification:
 
 
 def verify_record(
-    record: dict[str, Any], *, home: Path | None = None, full: bool = False,
+    record: RunRecord, *, home: Path | None = None, full: bool = False,
     tolerance: float = 1e-6, progress: Any = None, log: Log = lambda message: None,
 ) -> Verification:
     """Rerun a record's probe search from the cached embeddings (or, ``full``, the whole run).
@@ -522,52 +642,37 @@ def verify_record(
     import tempfile
 
     from embench.errors import DataError
-    from embench.probes import search_probes
 
-    stored = {k: float(record["test"][k])
-              for k in ("mlp", "linear", "baseline", "least_squares") if k in record["test"]}
+    stored = {k: float(v) for k, v in record.test.items()}
     if full:
-        packaged = record.get("encoder_distribution") != "(not packaged)"
-        encoder = record["encoder"] if packaged else record["encoder_spec"]
+        packaged = record.encoder_distribution != "(not packaged)"
+        encoder = record.encoder if packaged else record.encoder_spec
         factory = get_plugin("encoder", encoder).load()
         hint_keys = {"z_dim", "seed", "max_epochs", "batch_size", "device", "precision", "home"}
-        options = {k: v for k, v in {**record["encoder_config"],
-                                     **record.get("evaluation_config", {})}.items()
+        options = {k: v for k, v in {**record.encoder_config, **record.evaluation_config}.items()
                    if k not in hint_keys and k in inspect.signature(factory).parameters}
         with tempfile.TemporaryDirectory(prefix="embench-verify-") as tmp:
             outcome = run(RunConfig(
-                encoder=encoder, encoder_options=options, task=record["task"],
-                preset=record["preset"], z=record["z_dim"],
-                seed=record["seed"], data_seed=record.get("data_seed", 0),
-                device=record.get("device", "cpu"), precision=record.get("precision", "fp32"),
+                encoder=encoder, encoder_options=options, task=record.task,
+                preset=record.preset, z=record.z_dim, seed=record.seed,
+                data_seed=record.data_seed, device=record.device, precision=record.precision,
                 home=Path(tmp)), progress=progress, log=log)
-        return Verification(stored, {k: float(outcome.record["test"][k]) for k in stored},
+        return Verification(stored, {k: float(outcome.record.test[k]) for k in stored},
                             tolerance, "full")
     home = resolve_home(home)
-    key = record["fingerprints"]["embeddings"]
-    path = cache_path(home, record["encoder"], record["task"], key)
-    cached = read_cache(path, key, record["split_sizes"])
+    key = record.fingerprints["embeddings"]
+    path = cache_path(home, record.encoder, record.task, key)
+    cached = read_cache(path, key, record.split_sizes)
     if cached is None:
         raise DataError(f"The embedding cache of this record ({path}) is not in {home}.",
                         "Use --home with the run's home, or --full to rerun everything.")
-    task = load_task(record["task"])
-    settings = record["probes"].get("settings", {})
-    X = {name: cached[name]["embeddings"] for name in (PROBE_TRAIN, PROBE_VAL, TEST)}
-    y = {name: cached[name]["labels"] for name in (PROBE_TRAIN, PROBE_VAL, TEST)}
-    preset = record.get("preset_config", {})
-    search = search_probes(
-        X[PROBE_TRAIN], y[PROBE_TRAIN], X[PROBE_VAL], y[PROBE_VAL], kind=task.kind,
-        max_epochs=settings.get("max_epochs", preset.get("probe_epochs", 500)),
-        batch_size=settings.get("batch_size", preset.get("batch_size", 512)),
-        seed=record["seed"], device=resolve_device(record.get("device", "cpu")),
-        progress=progress)
-    recomputed = {
-        "mlp": float(task.score(y[TEST], search.best_mlp.predict(X[TEST]))),
-        "linear": float(task.score(y[TEST], search.best_linear.predict(X[TEST]))),
-        "baseline": float(task.score(
-            y[TEST], _baseline_prediction(task.kind, y[PROBE_TRAIN], len(y[TEST])))),
-    }
-    if "least_squares" in stored:
-        recomputed["least_squares"] = float(
-            task.score(y[TEST], search.least_squares.predict(X[TEST])))
-    return Verification(stored, recomputed, tolerance, "probes")
+    task = load_task(record.task)
+    settings = record.probes.get("settings", {})
+    preset = record.preset_config
+    _, scores = probe_stage(
+        task, cached,
+        {"max_epochs": settings.get("max_epochs", preset.get("probe_epochs", 500)),
+         "batch_size": settings.get("batch_size", preset.get("batch_size", 512))},
+        record.seed, record.device, progress)
+    recomputed = {k: scores.test[k] for k in stored if k in scores.test}
+    return Verification({k: stored[k] for k in recomputed}, recomputed, tolerance, "probes")

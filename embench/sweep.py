@@ -28,15 +28,24 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
-
-import tomllib
 
 from embench.errors import ConfigError, EmbenchError
 from embench.faults import crash_point
 from embench.presets import get_preset
 from embench.storage import atomic_path, resolve_home, safe_name
 from embench.workers import exit_with_parent, usable_cpus
+
+
+def toml_parser() -> ModuleType:
+    """The standard library's ``tomllib`` (Python 3.11+), else its backport ``tomli`` (3.10)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        import tomli as tomllib
+    return tomllib
+
 
 #: Keys a sweep TOML file may hold (the CLI flags of the same names override them).
 TOML_KEYS = {"encoders", "tasks", "z", "seeds", "preset", "executor", "workers",
@@ -46,6 +55,18 @@ EXECUTORS = ("local", "ray")
 
 class HomeNotSharedError(ConfigError):
     """A worker cannot see the driver's EMBENCH_HOME: the whole sweep stops."""
+
+
+class _HomeBoard:
+    """The type of :data:`HOME_BOARD`."""
+
+    def __repr__(self) -> str:
+        return "EMBENCH_HOME/leaderboard"
+
+
+#: The default of ``SweepSpec.out``: ``leaderboard/`` under the sweep's EMBENCH_HOME, so a
+#: sweep publishes to the same place whichever folder it is started from.
+HOME_BOARD: Any = _HomeBoard()
 
 
 @dataclass(frozen=True)
@@ -90,7 +111,8 @@ class SweepSpec:
         device: ``auto``, ``cpu`` or ``cuda`` for every run.
         precision: ``fp32`` or ``bf16``.
         home: EMBENCH_HOME (must be visible to every worker).
-        out: where the leaderboard is published (``None``: not published).
+        out: where the leaderboard is published (default :data:`HOME_BOARD`:
+            ``home/leaderboard``; ``None``: not published).
     """
 
     encoders: tuple[str, ...]
@@ -106,7 +128,7 @@ class SweepSpec:
     device: str = "auto"
     precision: str = "fp32"
     home: Path | None = None
-    out: Path | None = Path("leaderboard")
+    out: Path | None = HOME_BOARD
 
     def __post_init__(self) -> None:
         if not self.encoders:
@@ -146,6 +168,7 @@ class SweepSpec:
             executor = "local"
         """
         path = Path(path)
+        tomllib = toml_parser()
         try:
             data = tomllib.loads(path.read_text())
         except FileNotFoundError:
@@ -182,6 +205,10 @@ class SweepSpec:
             if values.get(key) is not None:
                 kwargs[key] = Path(values[key])
         return cls(**kwargs)
+
+    def board_dir(self, home: Path) -> Path | None:
+        """The folder the board is published to, for a sweep whose EMBENCH_HOME is ``home``."""
+        return home / "leaderboard" if self.out is HOME_BOARD else self.out
 
     def jobs(self) -> list[Job]:
         """Every job of the sweep, data jobs first, runs in a stable order."""
@@ -275,8 +302,8 @@ def _execute(job: Job, settings: dict[str, Any]) -> tuple[str, bool, str | None,
                             z=job.z, seed=job.seed, device=settings["device"],
                             precision=settings["precision"], home=home))
     record = outcome.record
-    summary = (f"{record['metric']['name']} MLP {record['test']['mlp']:.4g}, "
-               f"linear {record['test']['linear']:.4g}")
+    summary = (f"{record.metric['name']} MLP {record.test['mlp']:.4g}, "
+               f"linear {record.test['linear']:.4g}")
     return "done", outcome.record_hit, str(outcome.record_path), summary
 
 
@@ -521,13 +548,14 @@ def run_sweep(spec: SweepSpec, *, on_change: Callable[[list[JobState]], None] | 
 
     Returns:
         Each job's final state and the path of the published board (``None`` if nothing
-        finished or ``spec.out`` is ``None``).
+        finished or ``spec.out`` is ``None``); the board's folder is
+        :meth:`SweepSpec.board_dir`.
     """
-    from embench.runner import resolve_device
+    from embench.devices import resolve_device
 
     start = time.perf_counter()
     home = resolve_home(spec.home)
-    device = resolve_device(spec.device)
+    device = str(resolve_device(spec.device))  # workers get the name, e.g. "cuda"
     token = secrets.token_hex(8)
     check = _token_path(home, token)
     with atomic_path(check) as tmp:  # an unwritable home fails here, in one line
@@ -536,6 +564,9 @@ def run_sweep(spec: SweepSpec, *, on_change: Callable[[list[JobState]], None] | 
                 "precision": spec.precision, "threads": spec.threads_per_job}
     states = [JobState(job) for job in spec.jobs()]
     by_job = {s.job: s for s in states}
+    out = spec.board_dir(home)
+    if out is not None:
+        _skip_cells_on_board(states, out, spec, device)
     workers = default_workers(spec, device)
     notify = on_change or (lambda states: None)
     if executor is None:
@@ -593,20 +624,45 @@ def run_sweep(spec: SweepSpec, *, on_change: Callable[[list[JobState]], None] | 
         executor.shutdown()
     finally:
         check.unlink(missing_ok=True)
-    board = publish_sweep(states, home, spec.out) if spec.out is not None else None
+    board = publish_sweep(states, home, out) if out is not None else None
     return SweepOutcome(states, board, time.perf_counter() - start)
 
 
+def _skip_cells_on_board(states: list[JobState], out: Path, spec: SweepSpec,
+                         device: str) -> None:
+    """Mark runs whose record is on the board (this version) done, and data nobody needs.
+
+    This is how a sweep, or ``embench reproduce``, continues on a new machine from the
+    records committed with the board instead of starting over.
+    """
+    from embench.runner import record_on_board
+
+    for state in states:
+        job = state.job
+        if job.kind != "run" or job.encoder is None or job.z is None:
+            continue
+        path = record_on_board(out, job.task, job.encoder, job.z, job.seed, spec.preset,
+                               device, spec.precision)
+        if path is not None:
+            state.status = "done"
+            state.result = JobResult("done", reused=True, record_path=str(path),
+                                     summary=f"on the board already ({path.name})")
+    for state in states:
+        if state.job.kind == "data" and all(
+                s.status == "done" for s in states
+                if s.job.kind == "run" and s.job.task == state.job.task):
+            state.status = "done"
+            state.result = JobResult("done", reused=True,
+                                     summary="not needed: every run is on the board")
+
+
 def publish_sweep(states: list[JobState], home: Path, out: Path) -> Path | None:
-    """Copy the finished runs' records (and grids) into ``out/results`` and render the board."""
-    from embench.leaderboard import load_records, publish
-    from embench.runner import copy_record_to_board
+    """Publish the finished runs' records (with sidecars and pictures) on the board in ``out``."""
+    from embench.leaderboard import publish
 
     paths = [Path(s.result.record_path) for s in states
              if s.status == "done" and s.result is not None and s.result.record_path]
     if not paths:
         return None
-    for path in paths:
-        copy_record_to_board(path, home, out)
-    return publish(load_records([out / "results"]).records, out)
+    return publish(paths, out)
 

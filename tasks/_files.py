@@ -18,8 +18,9 @@ The steps, in the order :meth:`OfficialFilesTask.load` runs them:
    the official format is accepted and the task data's info says so.
 3. **Store.** ``EMBENCH_HOME/datasets/<task>/<fingerprint16>.h5`` holds, per official split, uint8
    images ``(N, 3, h, w)`` at the native size and int64 labels 0..9. Its fingerprint is the
-   files' md5s plus the format version; it is written atomically under a lock, checked on every
-   read (fingerprint, completeness, shapes, label range) and rebuilt with a warning when wrong.
+   files' md5s plus the format version. It is an :mod:`embench.datastore` store: written
+   atomically under a lock, checked on every read (fingerprint, completeness, shapes, label
+   range) and rebuilt with a warning when wrong.
 4. **Splits.** The first ``N`` rows of each official split (``N`` from the preset; ``None`` = all)
    are used. The autoencoder and probe splits are divided 80/20 into train/val by a permutation
    seeded with ``seed``; each part keeps its rows in increasing file order, so reads stay
@@ -36,7 +37,6 @@ import os
 import shutil
 import socket
 import tempfile
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +45,7 @@ from typing import Any, Literal
 import h5py
 import numpy as np
 
+from embench.datastore import Unusable, load_or_build
 from embench.errors import ConfigError, DataError
 from embench.presets import Preset
 from embench.progress import stage
@@ -57,7 +58,7 @@ from embench.protocols import (
     Split,
     TaskData,
 )
-from embench.storage import atomic_path, file_lock, fingerprint, home_dir, write_json
+from embench.storage import file_lock, fingerprint, home_dir, write_json
 
 #: Bumped when the store's layout or the conversion changes (part of every fingerprint).
 FORMAT_VERSION = 1
@@ -474,7 +475,14 @@ class OfficialFilesTask:
             {"task": self.name, "format_version": FORMAT_VERSION, "files": md5s}
         )
         path = directory / f"{store_fingerprint[:16]}.h5"
-        h5 = self._open_or_build_store(path, store_fingerprint, files, progress)
+        h5 = load_or_build(
+            path,
+            store_fingerprint,
+            self._check_store,
+            lambda out: self._build_store(files, out, progress),
+            made_from="the source files",
+            keep_open=True,
+        )
         return self._task_data(h5, path, store_fingerprint, sources, md5s, wanted, seed)
 
     def score(self, y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -604,71 +612,32 @@ class OfficialFilesTask:
 
     # -- store ------------------------------------------------------------------------------
 
-    def _open_or_build_store(
-        self, path: Path, store_fingerprint: str, files: dict[str, Path], progress: Any
-    ) -> h5py.File:
-        h5, _ = self._open_store(path, store_fingerprint)
-        if h5 is not None:
-            return h5
-        with file_lock(path.with_suffix(".lock")):
-            # Another process may have built (or repaired) it while we waited.
-            h5, problem = self._open_store(path, store_fingerprint)
-            if h5 is not None:
-                return h5
-            if problem is not None:
-                warnings.warn(f"Rebuilding {path}: {problem}.", stacklevel=3)
-            with atomic_path(path) as tmp:
-                with h5py.File(tmp, "w") as out:
-                    rows = self._convert(files, out, progress)
-                    out.attrs["fingerprint"] = store_fingerprint
-                    out.attrs["format_version"] = FORMAT_VERSION
-                    out.attrs["rows"] = json.dumps(rows, sort_keys=True)
-                    out.attrs["complete"] = True
-            h5, problem = self._open_store(path, store_fingerprint)
-        if h5 is None:
-            raise DataError(f"{path} was written but cannot be read back: {problem}.")
-        return h5
+    def _build_store(self, files: dict[str, Path], out: h5py.File, progress: Any) -> None:
+        """Convert the official files into the new store ``out``."""
+        rows = self._convert(files, out, progress)
+        out.attrs["format_version"] = FORMAT_VERSION
+        out.attrs["rows"] = json.dumps(rows, sort_keys=True)
 
-    def _open_store(
-        self, path: Path, store_fingerprint: str
-    ) -> tuple[h5py.File | None, str | None]:
-        """Open and check the store; ``(None, why)`` if unusable, ``(None, None)`` if absent."""
-        if not path.exists():
-            return None, None
-        try:
-            h5 = h5py.File(path, "r")
-        except OSError as exc:
-            return None, f"it cannot be opened ({_one_line(exc)})"
-        try:
-            problem = self._store_problem(h5, store_fingerprint)
-        except (OSError, KeyError, ValueError, TypeError) as exc:
-            problem = f"it cannot be read ({_one_line(exc)})"
-        if problem is not None:
-            h5.close()
-            return None, problem
-        return h5, None
-
-    def _store_problem(self, h5: h5py.File, store_fingerprint: str) -> str | None:
-        if not bool(h5.attrs.get("complete", False)):
-            return "the file is incomplete"
-        if h5.attrs.get("fingerprint") != store_fingerprint:
-            return "its fingerprint does not match the source files"
+    def _check_store(self, h5: h5py.File) -> h5py.File:
+        """Return the store ``h5`` if it holds every split as it should; else :class:`Unusable`."""
         rows = json.loads(h5.attrs["rows"])
         expected = set(self.sources.values())
         if set(rows) != expected:
-            return f"it holds splits {sorted(rows)}, not {sorted(expected)}"
+            raise Unusable(f"it holds splits {sorted(rows)}, not {sorted(expected)}")
         native = (3, self.native_size, self.native_size)
         for split, n in rows.items():
             images = h5[f"{split}/images"]
             if images.shape != (n, *native) or images.dtype != np.uint8:
-                return f"{split}/images is {images.dtype} {images.shape}, not uint8 {(n, *native)}"
+                raise Unusable(
+                    f"{split}/images is {images.dtype} {images.shape}, not uint8 {(n, *native)}"
+                )
             if f"{split}/labels" in h5:
                 labels = h5[f"{split}/labels"][...]
                 if labels.shape != (n,) or (n and (labels.min() < 0 or labels.max() >= 10)):
-                    return f"{split}/labels are not {n} classes in 0..9"
+                    raise Unusable(f"{split}/labels are not {n} classes in 0..9")
             elif split != self.sources["autoencoder"]:
-                return f"{split}/labels are missing"
-        return None
+                raise Unusable(f"{split}/labels are missing")
+        return h5
 
     # -- splits -----------------------------------------------------------------------------
 

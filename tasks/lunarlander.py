@@ -40,7 +40,6 @@ import math
 import multiprocessing
 import os
 import time
-import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from typing import Any, Literal
 import h5py
 import numpy as np
 
+from embench.datastore import Unusable, load_or_build
 from embench.errors import ConfigError, DataError
 from embench.faults import crash_point
 from embench.presets import Preset
@@ -65,7 +65,7 @@ from embench.protocols import (
     Split,
     TaskData,
 )
-from embench.storage import atomic_path, file_lock, fingerprint, home_dir
+from embench.storage import fingerprint, home_dir
 from embench.workers import exit_with_parent, usable_cpus
 
 ENV_ID = "LunarLander-v3"
@@ -410,21 +410,14 @@ class LunarLanderTask:
         data_fingerprint = fingerprint(params)
         directory = home_dir(Path(home), "datasets") / self.name
         path = directory / f"{data_fingerprint[:16]}.h5"
-        data, _ = _read_file(path, data_fingerprint)
-        if data is not None:
-            return data
-        with file_lock(path.with_suffix(".lock")):
-            # Another process may have produced (or repaired) it while we waited.
-            data, problem = _read_file(path, data_fingerprint)
-            if data is not None:
-                return data
-            if problem is not None:
-                warnings.warn(f"Regenerating {path}: {problem}.", stacklevel=2)
-            _generate(path, params, data_fingerprint, workers, progress)
-            data, problem = _read_file(path, data_fingerprint)
-        if data is None:
-            raise DataError(f"{path} was generated but cannot be read back: {problem}.")
-        return data
+        return load_or_build(
+            path,
+            data_fingerprint,
+            functools.partial(_read_file, path=path, data_fingerprint=data_fingerprint),
+            lambda h5: _generate(h5, params, workers, progress),
+            redo="Regenerating",
+            made_from="the generation parameters",
+        )
 
     def score(self, y_true: np.ndarray, y_pred: np.ndarray) -> float:
         """Mean Euclidean distance between predicted and true positions, in pixels.
@@ -504,10 +497,8 @@ class LunarLanderTask:
         }
 
 
-def _generate(
-    path: Path, params: dict[str, Any], data_fingerprint: str, workers: int, progress: Any
-) -> None:
-    """Collect every rollout and write the HDF5 file atomically, split after split."""
+def _generate(h5: h5py.File, params: dict[str, Any], workers: int, progress: Any) -> None:
+    """Collect every rollout and write it into the new store ``h5``, split after split."""
     _require_box2d()
     seed, unaltered = params["seed"], params["unaltered_rollouts"]
     assignment = assign_splits(seed, unaltered, params["altered_rollouts"])
@@ -524,11 +515,7 @@ def _generate(
     }
     start = time.perf_counter()
 
-    with (
-        stage(progress, "generate lunarlander", total=len(jobs)) as bar,
-        atomic_path(path) as tmp,
-        h5py.File(tmp, "w") as h5,
-    ):
+    with stage(progress, "generate lunarlander", total=len(jobs)) as bar:
         frame_shape = (3, IMAGE_SIZE, IMAGE_SIZE)
         images = h5.create_dataset(
             "images",
@@ -573,52 +560,40 @@ def _generate(
         for name in SPLITS:
             offsets[name] = [position, position + offsets[name][1]]
             position = offsets[name][1]
-        h5.attrs["fingerprint"] = data_fingerprint
         h5.attrs["params"] = json.dumps(params, sort_keys=True)
         h5.attrs["offsets"] = json.dumps(offsets)
         h5.attrs["counts"] = json.dumps(counts)
         h5.attrs["n_frames"] = int(images.shape[0])
-        h5.attrs["complete"] = True
 
 
-def _read_file(path: Path, data_fingerprint: str) -> tuple[TaskData | None, str | None]:
-    """Load ``path`` into memory; ``(None, why)`` if it is unusable, ``(None, None)`` if absent."""
-    if not path.exists():
-        return None, None
-    try:
-        with h5py.File(path, "r") as h5:
-            if not bool(h5.attrs.get("complete", False)):
-                return None, "the file is incomplete"
-            if h5.attrs.get("fingerprint") != data_fingerprint:
-                return None, "its fingerprint does not match the generation parameters"
-            n_frames = int(h5.attrs["n_frames"])
-            shapes = {name: h5[name].shape for name in ("images", "labels", "rollout", "split")}
-            if any(shape[0] != n_frames for shape in shapes.values()):
-                return None, f"row counts {shapes} disagree with n_frames={n_frames}"
-            if shapes["images"][1:] != (3, IMAGE_SIZE, IMAGE_SIZE):
-                return None, f"images have shape {shapes['images']}"
-            offsets = json.loads(h5.attrs["offsets"])
-            params = json.loads(h5.attrs["params"])
-            counts = json.loads(h5.attrs["counts"])
-            images = h5["images"][...]
-            labels = h5["labels"][...]
-            rollout = h5["rollout"][...].astype(np.int64)
-            split_codes = h5["split"][...]
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        return None, f"it cannot be read ({type(exc).__name__}: {exc})"
+def _read_file(h5: h5py.File, path: Path, data_fingerprint: str) -> TaskData:
+    """Load the checked store ``h5`` (at ``path``) into memory; :class:`Unusable` if it is wrong."""
+    n_frames = int(h5.attrs["n_frames"])
+    shapes = {name: h5[name].shape for name in ("images", "labels", "rollout", "split")}
+    if any(shape[0] != n_frames for shape in shapes.values()):
+        raise Unusable(f"row counts {shapes} disagree with n_frames={n_frames}")
+    if shapes["images"][1:] != (3, IMAGE_SIZE, IMAGE_SIZE):
+        raise Unusable(f"images have shape {shapes['images']}")
+    offsets = json.loads(h5.attrs["offsets"])
+    params = json.loads(h5.attrs["params"])
+    counts = json.loads(h5.attrs["counts"])
+    images = h5["images"][...]
+    labels = h5["labels"][...]
+    rollout = h5["rollout"][...].astype(np.int64)
+    split_codes = h5["split"][...]
 
     position, splits, info_rollouts, info_frames = 0, {}, {}, {}
     for code, name in enumerate(SPLITS):
         start, stop = offsets.get(name, (-1, -1))
         if start != position or stop < start or np.any(split_codes[start:stop] != code):
-            return None, f"split {name!r} is not where the file says"
+            raise Unusable(f"split {name!r} is not where the file says")
         position = stop
         groups = rollout[start:stop]
         splits[name] = Split(images=images[start:stop], labels=labels[start:stop], groups=groups)
         info_rollouts[name] = int(len(np.unique(groups)))
         info_frames[name] = int(stop - start)
     if position != n_frames:
-        return None, f"the splits cover {position} of {n_frames} frames"
+        raise Unusable(f"the splits cover {position} of {n_frames} frames")
 
     collected = counts["altered_collected"]
     rollouts = params["unaltered_rollouts"] + params["altered_rollouts"]
@@ -636,4 +611,4 @@ def _read_file(path: Path, data_fingerprint: str) -> tuple[TaskData | None, str 
         "episodes_ended_fraction": counts.get("episodes_ended", 0) / rollouts,
         "median_episode_end_frame": float(np.median(ends)) if ends else None,
     }
-    return TaskData(splits=splits, fingerprint=data_fingerprint, path=path, info=info), None
+    return TaskData(splits=splits, fingerprint=data_fingerprint, path=path, info=info)

@@ -1,4 +1,17 @@
+"""Fixtures shared by the test files: an isolated EMBENCH_HOME, small official-format data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
+import scipy.io
+
+# Official split -> number of images in the STL-10 / SVHN fixtures (more than smoke's first N).
+STL10_ROWS = {"train": 50, "test": 30, "unlabeled": 80}
+SVHN_ROWS = {"train": 50, "test": 30, "extra": 80}
 
 
 @pytest.fixture(autouse=True)
@@ -7,3 +20,62 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("embench-home")
     monkeypatch.setenv("EMBENCH_HOME", str(home))
     return home
+
+
+def random_images(n: int, size: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 3, size, size), dtype=np.uint8)
+
+
+def write_stl10(root: Path, rows: dict[str, int] = STL10_ROWS) -> dict[str, np.ndarray]:
+    """Official layout: raw uint8, every image stored (C, W, H); labels 1..10 as uint8."""
+    folder = root / "stl10_binary"
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for seed, (split, n) in enumerate(rows.items()):
+        images = random_images(n, 96, seed)
+        arrays[split] = images
+        (folder / f"{split}_X.bin").write_bytes(images.transpose(0, 1, 3, 2).tobytes())
+        if split != "unlabeled":
+            labels = (np.arange(n) % 10 + 1).astype(np.uint8)  # every class, 10 included
+            (folder / f"{split}_y.bin").write_bytes(labels.tobytes())
+    return arrays
+
+
+def write_svhn(root: Path, rows: dict[str, int] = SVHN_ROWS) -> None:
+    """Official layout: MATLAB v5, X uint8 (32, 32, 3, N), y (N, 1) with 10 for the digit 0."""
+    root.mkdir(parents=True, exist_ok=True)
+    for seed, (split, n) in enumerate(rows.items()):
+        x = random_images(n, 32, 10 + seed).transpose(2, 3, 1, 0)  # (N,C,H,W) -> (H,W,C,N)
+        y = (np.arange(n) % 10 + 1).reshape(n, 1)
+        # The real files store y as double and are compressed; cover uint8/uncompressed too.
+        y = y.astype(np.float64 if split != "extra" else np.uint8)
+        scipy.io.savemat(root / f"{split}_32x32.mat", {"X": x, "y": y},
+                         do_compression=split != "extra")
+
+
+@pytest.fixture(scope="session")
+def official_files():
+    """The writers of small STL-10 / SVHN files in the official formats, and their row counts.
+
+    Test files cannot import this conftest (``--import-mode=importlib``), so the writers
+    reach them as this fixture: ``official_files.write_stl10(root, rows)``.
+    """
+    return SimpleNamespace(write_stl10=write_stl10, write_svhn=write_svhn,
+                           random_images=random_images, stl10_rows=dict(STL10_ROWS),
+                           svhn_rows=dict(SVHN_ROWS))
+
+
+@pytest.fixture(scope="session")
+def stl10_dir(tmp_path_factory):
+    """A folder with STL-10 files of ``STL10_ROWS`` images, in the official layout."""
+    root = tmp_path_factory.mktemp("stl10")
+    write_stl10(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def svhn_dir(tmp_path_factory):
+    """A folder with SVHN files of ``SVHN_ROWS`` images, in the official layout."""
+    root = tmp_path_factory.mktemp("svhn")
+    write_svhn(root)
+    return root

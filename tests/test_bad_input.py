@@ -113,7 +113,7 @@ CASES = {
                                             "bad_plugins:OddSizeTask"], "rows for"),
     "encoder returns 1-D": (RUN + ["-e", "bad_plugins:FlatEncoder", "-t",
                                    "bad_plugins:OddSizeTask"], "expected 2-D"),
-    "missing dataset offline": (RUN + ["-e", "pca", "-t", "svhn", "--data-dir",
+    "missing dataset offline": (RUN + ["-e", "pca", "-t", "svhn", "--no-download", "--data-dir",
                                        "{files}/stl10_binary"], "train_32x32.mat"),
     "home not writable": (RUN + ["-e", "pca", "-t", "lunarlander", "--home",
                                  "{files}/a_file/home"], "--home"),

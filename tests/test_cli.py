@@ -142,6 +142,37 @@ def test_reproduce_publishes_and_verify_checks_the_record(runner, tmp_path):
     assert len(records) == 1 and (out / "README.md").is_file()
     assert "PCA" in (out / "README.md").read_text()
 
+    # The per-item predictions travel with the record onto the board.
+    from embench.results import load_record, read_predictions, sidecar_path
+
+    record = load_record(records[0])
+    sidecar = sidecar_path(records[0])
+    assert record.predictions == sidecar.name and sidecar.is_file()
+    predictions = read_predictions(sidecar)
+    n_test = record.split_sizes["test"]
+    assert predictions.items.tolist() == list(range(n_test))
+    assert predictions.data_fingerprint == record.fingerprints["data"]
+    assert set(predictions.predicted) == {"mlp", "linear", "baseline", "least_squares"}
+    assert predictions.predicted["mlp"].shape == predictions.y_true.shape == (n_test, 2)
+    task = __import__("embench.runner", fromlist=["load_task"]).load_task("lunarlander")
+    for probe, value in record.test.items():  # the sidecar gives back the recorded scores
+        assert task.score(predictions.y_true, predictions.predicted[probe]) == \
+            pytest.approx(value, rel=1e-6)
+
+    # A cell already on the board is not run again, even from an empty home.
+    again = runner.invoke(main, ["reproduce", "-t", "lunarlander", "--preset", "smoke",
+                                 "--encoders", "pca", "--z", "4", "--out", str(out),
+                                 "--home", str(tmp_path / "fresh-home")])
+    assert again.exit_code == 0, again.output
+    assert "on the board already" in again.output
+    assert not (tmp_path / "fresh-home" / "results").exists()
+
+    # The board's check takes records with or without their sidecar.
+    sidecar.rename(tmp_path / "aside.npz")
+    check = runner.invoke(main, ["leaderboard", "--check", str(out / "results")])
+    assert check.exit_code == 0 and "1 valid record(s)" in check.output
+    (tmp_path / "aside.npz").rename(sidecar)
+
     verify = runner.invoke(main, ["verify", str(records[0]), "--home", str(home)])
     assert verify.exit_code == 0, verify.output
     assert "the record reproduces" in verify.output and "note" not in verify.stderr
@@ -162,3 +193,58 @@ def test_reproduce_publishes_and_verify_checks_the_record(runner, tmp_path):
     assert verify.exit_code == 1
     assert "differ from the record beyond the tolerance" in verify.stderr
     assert "Traceback" not in verify.output
+
+
+REQUIRED = {"sweep": ["--encoders", "pca", "--tasks", "lunarlander"],
+            "reproduce": ["--task", "lunarlander"]}
+
+
+@pytest.mark.parametrize("command", ["sweep", "reproduce"])
+@pytest.mark.parametrize(("flags", "sizes"), [
+    (["--z", "32,64"], (32, 64)),
+    (["--z", "32", "--z", "64"], (32, 64)),
+    (["--z", "32, 64", "--z", "128"], (32, 64, 128)),
+    ([], ()),
+])
+def test_z_sizes_are_comma_separated_or_repeated(command, flags, sizes):
+    context = main.commands[command].make_context(command, [*REQUIRED[command], *flags])
+    assert context.params["z_sizes"] == sizes
+
+
+@pytest.mark.parametrize("command", ["sweep", "reproduce"])
+@pytest.mark.parametrize(("value", "needle"), [
+    ("32,x", "'x' is not an integer"), ("32,0", "0 is not a positive integer"),
+    ("32,", "'' is not an integer"), ("-4", "-4 is not a positive integer"),
+])
+def test_bad_z_sizes_get_clicks_error(runner, tmp_path, command, value, needle):
+    result = runner.invoke(main, [command, *REQUIRED[command], "--z", value,
+                                  "--home", str(tmp_path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert error.startswith(f"Error: Invalid value for '--z': {needle}")
+    assert not list(tmp_path.iterdir())  # refused before anything ran
+
+
+def test_device_precision_and_data_options_are_shared():
+    from embench.devices import DEVICES, PRECISIONS
+
+    def option(command, name):
+        return next(p for p in main.commands[command].params if p.name == name)
+
+    for name, choices, commands in (("device", DEVICES, ("run", "reproduce", "sweep")),
+                                    ("precision", PRECISIONS, ("run", "reproduce", "sweep")),
+                                    ("data_dir", None, ("data", "run")),
+                                    ("download", None, ("data", "run"))):
+        options = [option(command, name) for command in commands]
+        assert len({(o.opts[0], o.help.split(" [default")[0]) for o in options}) == 1, name
+        if choices is not None:
+            assert all(tuple(o.type.choices) == choices for o in options)
+    assert option("sweep", "device").default is None  # a sweep file's value stands
+    assert option("run", "device").default == "auto"
+
+
+def test_no_download_names_the_missing_files_without_network(runner, tmp_path):
+    result = runner.invoke(main, ["data", "svhn", "--no-download", "--home", str(tmp_path),
+                                  "--data-dir", str(tmp_path / "none")])
+    _one_line_error(result, "SVHN files not found", "train_32x32.mat", "Downloading is off")
+    assert not list((tmp_path / "datasets" / "svhn").glob(".partial-download-*"))

@@ -9,6 +9,8 @@ import sys
 import h5py
 import pytest
 
+pytestmark = pytest.mark.subprocess
+
 SMOKE = ["run", "--encoder", "ae", "--task", "lunarlander", "--preset", "smoke",
          "--device", "cpu"]
 

@@ -36,57 +36,9 @@ from embench.tasks._files import H5Images, SourceFile
 from embench.tasks.stl10 import STL10Task
 from embench.tasks.svhn import SVHNTask
 
-# Official split -> number of images in the fixtures (more than the smoke preset's first N).
-STL10_ROWS = {"train": 50, "test": 30, "unlabeled": 80}
-SVHN_ROWS = {"train": 50, "test": 30, "extra": 80}
 ALL = Preset(name="all", autoencoder_epochs=1, probe_epochs=1, decoder_epochs=1,
              sizes={"stl10": {"autoencoder": None, "probe": None, "test": None},
                     "svhn": {"autoencoder": None, "probe": None, "test": None}})
-
-
-def random_images(n: int, size: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, 3, size, size), dtype=np.uint8)
-
-
-def write_stl10(root: Path, rows: dict[str, int] = STL10_ROWS) -> dict[str, np.ndarray]:
-    """Official layout: raw uint8, every image stored (C, W, H); labels 1..10 as uint8."""
-    folder = root / "stl10_binary"
-    folder.mkdir(parents=True, exist_ok=True)
-    arrays = {}
-    for seed, (split, n) in enumerate(rows.items()):
-        images = random_images(n, 96, seed)
-        arrays[split] = images
-        (folder / f"{split}_X.bin").write_bytes(images.transpose(0, 1, 3, 2).tobytes())
-        if split != "unlabeled":
-            labels = (np.arange(n) % 10 + 1).astype(np.uint8)  # every class, 10 included
-            (folder / f"{split}_y.bin").write_bytes(labels.tobytes())
-    return arrays
-
-
-def write_svhn(root: Path, rows: dict[str, int] = SVHN_ROWS) -> None:
-    """Official layout: MATLAB v5, X uint8 (32, 32, 3, N), y (N, 1) with 10 for the digit 0."""
-    root.mkdir(parents=True, exist_ok=True)
-    for seed, (split, n) in enumerate(rows.items()):
-        x = random_images(n, 32, 10 + seed).transpose(2, 3, 1, 0)  # (N,C,H,W) -> (H,W,C,N)
-        y = (np.arange(n) % 10 + 1).reshape(n, 1)
-        # The real files store y as double and are compressed; cover uint8/uncompressed too.
-        y = y.astype(np.float64 if split != "extra" else np.uint8)
-        scipy.io.savemat(root / f"{split}_32x32.mat", {"X": x, "y": y},
-                         do_compression=split != "extra")
-
-
-@pytest.fixture(scope="module")
-def stl10_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stl10")
-    write_stl10(root)
-    return root
-
-
-@pytest.fixture(scope="module")
-def svhn_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("svhn")
-    write_svhn(root)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -126,10 +78,12 @@ def rows_of(data, *names):
     [("unlabeled", (AUTOENCODER_TRAIN, AUTOENCODER_VAL)), ("train", (PROBE_TRAIN, PROBE_VAL)),
      ("test", (TEST,))],
 )
-def test_stl10_matches_torchvision(stl10_dir, stl10_data, no_integrity_check, split, parts):
+def test_stl10_matches_torchvision(stl10_dir, stl10_data, no_integrity_check, split, parts,
+                                   official_files):
     reference = STL10(stl10_dir, split=split, download=False)
     rows = rows_of(stl10_data, *parts)
-    assert sorted(rows.tolist()) == list(range(STL10_ROWS[split]))  # every image, once
+    # every image, once
+    assert sorted(rows.tolist()) == list(range(official_files.stl10_rows[split]))
     for name in parts:
         view = stl10_data.splits[name].images
         np.testing.assert_array_equal(view[:], reference.data[view.rows])
@@ -145,10 +99,11 @@ def test_stl10_matches_torchvision(stl10_dir, stl10_data, no_integrity_check, sp
     [("extra", (AUTOENCODER_TRAIN, AUTOENCODER_VAL)), ("train", (PROBE_TRAIN, PROBE_VAL)),
      ("test", (TEST,))],
 )
-def test_svhn_matches_torchvision_tiled(svhn_dir, svhn_data, no_integrity_check, split, parts):
+def test_svhn_matches_torchvision_tiled(svhn_dir, svhn_data, no_integrity_check, split, parts,
+                                        official_files):
     reference = SVHN(svhn_dir, split=split, download=False)
     rows = rows_of(svhn_data, *parts)
-    assert sorted(rows.tolist()) == list(range(SVHN_ROWS[split]))
+    assert sorted(rows.tolist()) == list(range(official_files.svhn_rows[split]))
     for name in parts:
         view = svhn_data.splits[name].images
         native = reference.data[view.rows]
@@ -158,20 +113,20 @@ def test_svhn_matches_torchvision_tiled(svhn_dir, svhn_data, no_integrity_check,
                                           reference.labels[view.rows])
 
 
-def test_svhn_tiling_is_a_2x2_grid_of_the_image(svhn_data):
+def test_svhn_tiling_is_a_2x2_grid_of_the_image(svhn_data, official_files):
     images = svhn_data.splits[TEST].images[:]
-    assert images.shape == (SVHN_ROWS["test"], 3, 64, 64)
+    assert images.shape == (official_files.svhn_rows["test"], 3, 64, 64)
     corner = images[:, :, :32, :32]
     for top, left in ((0, 32), (32, 0), (32, 32)):
         np.testing.assert_array_equal(images[:, :, top : top + 32, left : left + 32], corner)
 
 
-def test_label_mapping(stl10_data, svhn_data):
+def test_label_mapping(stl10_data, svhn_data, official_files):
     # Fixture labels cycle 1..10 over the file's rows; test rows are in file order.
-    official = np.arange(SVHN_ROWS["test"]) % 10 + 1
+    official = np.arange(official_files.svhn_rows["test"]) % 10 + 1
     np.testing.assert_array_equal(svhn_data.splits[TEST].labels, np.where(official == 10, 0,
                                                                           official))
-    official = np.arange(STL10_ROWS["test"]) % 10 + 1
+    official = np.arange(official_files.stl10_rows["test"]) % 10 + 1
     np.testing.assert_array_equal(stl10_data.splits[TEST].labels, official - 1)
     for data in (stl10_data, svhn_data):
         labels = data.splits[TEST].labels
@@ -187,8 +142,9 @@ def test_svhn_label_reader_maps_ten_to_zero(tmp_path):
 # -- splits and presets -----------------------------------------------------------------------
 
 
-def test_split_sizes_all_rows(stl10_data, svhn_data):
-    for data, rows, ae in ((stl10_data, STL10_ROWS, "unlabeled"), (svhn_data, SVHN_ROWS, "extra")):
+def test_split_sizes_all_rows(stl10_data, svhn_data, official_files):
+    for data, rows, ae in ((stl10_data, official_files.stl10_rows, "unlabeled"),
+                           (svhn_data, official_files.svhn_rows, "extra")):
         assert data.sizes() == {
             AUTOENCODER_TRAIN: rows[ae] - rows[ae] // 5, AUTOENCODER_VAL: rows[ae] // 5,
             PROBE_TRAIN: rows["train"] - rows["train"] // 5, PROBE_VAL: rows["train"] // 5,
@@ -280,9 +236,9 @@ def official_is_fixture(monkeypatch, module, data_dir):
 
 
 def test_verified_files_are_accepted_and_a_truncated_one_refused(stl10_dir, tmp_path,
-                                                                 monkeypatch):
+                                                                 monkeypatch, official_files):
     data_dir = tmp_path / "data"
-    write_stl10(data_dir)
+    official_files.write_stl10(data_dir)
     official_is_fixture(monkeypatch, stl10, data_dir)
     task = STL10Task(data_dir=data_dir, download=False)
     data = task.load(tmp_path / "home", ALL, 0)
@@ -297,17 +253,17 @@ def test_verified_files_are_accepted_and_a_truncated_one_refused(stl10_dir, tmp_
     assert "download it again" in message
 
 
-def test_truncated_stl10_file_states_its_size_against_the_official_one(tmp_path):
+def test_truncated_stl10_file_states_its_size_against_the_official_one(tmp_path, official_files):
     data_dir = tmp_path / "data"
-    write_stl10(data_dir)
+    official_files.write_stl10(data_dir)
     task = STL10Task(data_dir=data_dir, download=False)
     with pytest.raises(DataError, match=r"train_X\.bin .*truncated \(1,382,400 of 138,240,000"):
         task.load(tmp_path / "home", ALL, 0)
 
 
-def test_unverified_but_malformed_files_are_refused(tmp_path):
+def test_unverified_but_malformed_files_are_refused(tmp_path, official_files):
     data_dir = tmp_path / "stl"
-    write_stl10(data_dir)
+    official_files.write_stl10(data_dir)
     target = data_dir / "stl10_binary" / "test_X.bin"
     target.write_bytes(target.read_bytes()[:-7])
     with pytest.raises(DataError) as exc_info:
@@ -315,7 +271,7 @@ def test_unverified_but_malformed_files_are_refused(tmp_path):
     assert "test_X.bin" in one_line(exc_info) and "not a whole number" in one_line(exc_info)
 
     data_dir = tmp_path / "svhn"
-    write_svhn(data_dir)
+    official_files.write_svhn(data_dir)
     target = data_dir / "train_32x32.mat"
     target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
     with pytest.raises(DataError) as exc_info:
@@ -323,9 +279,9 @@ def test_unverified_but_malformed_files_are_refused(tmp_path):
     assert "train_32x32.mat" in one_line(exc_info) and "truncated" in one_line(exc_info)
 
 
-def test_stl10_labels_must_match_images(tmp_path):
+def test_stl10_labels_must_match_images(tmp_path, official_files):
     data_dir = tmp_path / "stl"
-    write_stl10(data_dir)
+    official_files.write_stl10(data_dir)
     (data_dir / "stl10_binary" / "train_y.bin").write_bytes(bytes([1, 2, 3]))
     with pytest.raises(DataError, match="holds 3 labels for 50 images"):
         STL10Task(data_dir=data_dir, verify=False).load(tmp_path / "home", ALL, 0)
@@ -360,8 +316,8 @@ def test_missing_stl10_files_offline_are_one_line(tmp_path, monkeypatch):
     assert not list((home / "datasets" / "stl10").glob(".partial-download-*"))  # cleaned up
 
 
-def test_missing_svhn_files_name_each_url(tmp_path, monkeypatch):
-    write_svhn(tmp_path / "partial", {"train": 20})
+def test_missing_svhn_files_name_each_url(tmp_path, monkeypatch, official_files):
+    official_files.write_svhn(tmp_path / "partial", {"train": 20})
     with pytest.raises(DataError) as exc_info:
         SVHNTask(data_dir=tmp_path / "partial", download=False).load(tmp_path / "home", ALL, 0)
     message = one_line(exc_info)
@@ -377,24 +333,24 @@ def test_missing_svhn_files_name_each_url(tmp_path, monkeypatch):
         SVHNTask(data_dir=tmp_path / "partial").load(tmp_path / "home", ALL, 0)
 
 
-def test_files_in_home_are_found_without_data_dir(tmp_path):
+def test_files_in_home_are_found_without_data_dir(tmp_path, official_files):
     home = tmp_path / "home"
-    write_svhn(home / "datasets" / "svhn")
+    official_files.write_svhn(home / "datasets" / "svhn")
     data = SVHNTask(verify=False, download=False).load(home, ALL, 0)
-    assert len(data.splits[TEST]) == SVHN_ROWS["test"]
+    assert len(data.splits[TEST]) == official_files.svhn_rows["test"]
 
 
-def test_flat_data_dir_is_accepted_for_stl10(tmp_path):
-    write_stl10(tmp_path / "d")
+def test_flat_data_dir_is_accepted_for_stl10(tmp_path, official_files):
+    official_files.write_stl10(tmp_path / "d")
     data = STL10Task(data_dir=tmp_path / "d" / "stl10_binary", verify=False).load(
         tmp_path / "home", ALL, 0)
-    assert len(data.splits[TEST]) == STL10_ROWS["test"]
+    assert len(data.splits[TEST]) == official_files.stl10_rows["test"]
 
 
 # -- the store --------------------------------------------------------------------------------
 
 
-def test_store_is_built_once_and_reused(svhn_dir, tmp_path, monkeypatch):
+def test_store_is_built_once_and_reused(svhn_dir, tmp_path, monkeypatch, official_files):
     calls = []
     real = SVHNTask._convert
 
@@ -410,29 +366,29 @@ def test_store_is_built_once_and_reused(svhn_dir, tmp_path, monkeypatch):
     assert first.path.parent == tmp_path / "datasets" / "svhn"
     with h5py.File(first.path, "r") as h5:
         assert h5.attrs["complete"] and h5["extra/images"].shape == (80, 3, 32, 32)  # native
-        assert json.loads(h5.attrs["rows"]) == SVHN_ROWS
+        assert json.loads(h5.attrs["rows"]) == official_files.svhn_rows
     checksums = json.loads((tmp_path / "datasets" / "svhn" / "checksums.json").read_text())
     assert len(checksums["files"]) == 3
 
 
-def test_damaged_store_is_rebuilt_with_a_warning(stl10_dir, tmp_path):
+def test_damaged_store_is_rebuilt_with_a_warning(stl10_dir, tmp_path, official_files):
     task = STL10Task(data_dir=stl10_dir, verify=False, download=False)
     path = task.load(tmp_path, ALL, 0).path
     with h5py.File(path, "a") as h5:
         h5.attrs["complete"] = False
     with pytest.warns(UserWarning, match="Rebuilding .*incomplete"):
         data = task.load(tmp_path, ALL, 0)
-    assert len(data.splits[TEST]) == STL10_ROWS["test"]
+    assert len(data.splits[TEST]) == official_files.stl10_rows["test"]
     del data  # HDF5 would keep serving the open file from memory
     gc.collect()
     path.write_bytes(b"not hdf5")
-    with pytest.warns(UserWarning, match="Rebuilding .*cannot be opened"):
+    with pytest.warns(UserWarning, match="Rebuilding .*cannot be read"):
         task.load(tmp_path, ALL, 0)
 
 
-def test_other_files_get_another_store(tmp_path):
-    write_svhn(tmp_path / "a")
-    write_svhn(tmp_path / "b", {"train": 20, "test": 10, "extra": 30})
+def test_other_files_get_another_store(tmp_path, official_files):
+    official_files.write_svhn(tmp_path / "a")
+    official_files.write_svhn(tmp_path / "b", {"train": 20, "test": 10, "extra": 30})
     a = SVHNTask(data_dir=tmp_path / "a", verify=False).load(tmp_path / "home", ALL, 0)
     b = SVHNTask(data_dir=tmp_path / "b", verify=False).load(tmp_path / "home", ALL, 0)
     assert a.path != b.path and a.fingerprint != b.fingerprint
@@ -443,8 +399,8 @@ def test_other_files_get_another_store(tmp_path):
 
 
 @pytest.fixture
-def store(tmp_path):
-    images = random_images(40, 8, 5)
+def store(tmp_path, official_files):
+    images = official_files.random_images(40, 8, 5)
     path = tmp_path / "s.h5"
     with h5py.File(path, "w") as h5:
         h5["x"] = images

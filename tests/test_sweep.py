@@ -13,18 +13,20 @@ import pytest
 from click.testing import CliRunner
 
 from embench.cli import main
+from embench.errors import ConfigError
 from embench.presets import get_preset
 from embench.runner import prepare_task
 from embench.sweep import (
+    HOME_BOARD,
     HomeNotSharedError,
     Job,
     SweepSpec,
     execute_job,
     run_sweep,
+    toml_parser,
 )
 
-GRID = ["--tasks", "lunarlander", "--z", "4", "--z", "8", "--preset", "smoke", "--device",
-        "cpu"]
+GRID = ["--tasks", "lunarlander", "--z", "4,8", "--preset", "smoke", "--device", "cpu"]
 #: The issue's grid (2 encoders x 2 z) is slow on 2 shared cores; the default suite sweeps the
 #: same code paths with one cheap encoder, `make test-all` with the autoencoder too.
 ENCODERS = [pytest.param("pca", id="pca"),
@@ -87,6 +89,31 @@ def test_toml_file_and_flags(tmp_path):
     assert spec.seeds == 3 and spec.retry == 1 and spec.executor == "local"  # the flag wins
 
 
+def test_board_is_published_under_the_home_unless_out_says_otherwise(tmp_path):
+    spec = SweepSpec(encoders=("pca",), tasks=("lunarlander",))
+    assert spec.out is HOME_BOARD and spec.board_dir(tmp_path) == tmp_path / "leaderboard"
+    chosen = SweepSpec.from_values({"encoders": "pca", "tasks": "lunarlander", "out": "board"})
+    assert chosen.board_dir(tmp_path) == Path("board")
+    unpublished = SweepSpec(encoders=("pca",), tasks=("lunarlander",), out=None)
+    assert unpublished.board_dir(tmp_path) is None
+
+
+def test_toml_parser_is_tomllib_and_falls_back_to_tomli(tmp_path, monkeypatch):
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        assert toml_parser() is tomllib
+    tomli = pytest.importorskip("tomli")  # the 3.10 dependency; in the test extra everywhere
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # `import tomllib` fails, as on 3.10
+    assert toml_parser() is tomli
+    path = tmp_path / "sweep.toml"
+    path.write_text('encoders = ["pca"]\ntasks = ["lunarlander"]\nz = [4, 8]\n')
+    assert SweepSpec.from_toml(path).z_sizes == (4, 8)
+    path.write_text('encoders = ["pca"\n')
+    with pytest.raises(ConfigError, match="not valid TOML"):  # tomli's error is caught too
+        SweepSpec.from_toml(path)
+
+
 @pytest.mark.parametrize(("text", "needle"), [
     ('encoders = ["pca"]\ntasks = ["lunarlander"]\nworkerz = 2\n', "unknown key(s): workerz"),
     ('encoders = ["pca"]\ntasks = ["lunarlander"]\nz = [0]\n', "Invalid z sizes"),
@@ -109,6 +136,8 @@ def test_bad_sweep_files_are_refused_in_one_line(tmp_path, text, needle):
 # executors give the same records; a killed sweep resumes with only the missing jobs
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.subprocess
+@pytest.mark.ray
 @pytest.mark.parametrize("encoders", ENCODERS)
 def test_local_and_ray_sweeps_write_identical_records(tmp_path, smoke_data, encoders):
     n_runs = 2 * len(encoders.split(","))
@@ -132,6 +161,7 @@ def test_local_and_ray_sweeps_write_identical_records(tmp_path, smoke_data, enco
         assert len(list((tmp_path / f"board-{executor}" / "results").rglob("*.json"))) == n_runs
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(("encoders", "workers"), [
     pytest.param("pca", 1, id="pca"),
     pytest.param("pca,ae", 2, id="pca+ae", marks=pytest.mark.slow),
@@ -167,12 +197,16 @@ def test_killed_sweep_reruns_only_the_missing_jobs(tmp_path, smoke_data, encoder
 # failures, retries and the home check
 # ---------------------------------------------------------------------------------------------
 
-def test_failed_job_does_not_stop_the_others_and_is_retried(tmp_path, smoke_data):
+@pytest.mark.subprocess
+def test_failed_job_does_not_stop_the_others_and_is_retried(tmp_path, smoke_data, monkeypatch):
     home = home_with_data(tmp_path, smoke_data)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # no --out: the board goes to the home, not the folder
     result = CliRunner().invoke(main, [
         "sweep", "--encoders", "pca,no_such_encoder", "--tasks", "lunarlander", "--z", "4",
         "--preset", "smoke", "--device", "cpu", "--retry", "1", "--workers", "1",
-        "--home", str(home), "--out", str(tmp_path / "board")])
+        "--home", str(home)])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "1 run(s) computed" in result.output and "1 failed" in result.output
     assert "retrying" in result.output  # tried twice
@@ -180,13 +214,21 @@ def test_failed_job_does_not_stop_the_others_and_is_retried(tmp_path, smoke_data
     assert "Unknown encoder 'no_such_encoder'" in result.stderr
     assert "rerun the same command" in result.stderr
     assert len(records(home)) == 1  # the good job finished and was published
-    assert (tmp_path / "board" / "README.md").exists()
+    board = home.resolve() / "leaderboard" / "README.md"
+    assert board.exists() and f"leaderboard written to {board}" in result.output
+    assert not list(elsewhere.iterdir())
 
 
+@pytest.mark.subprocess
 def test_runs_of_a_task_whose_data_failed_are_blocked(tmp_path):
+    home = tmp_path / "home"
+    files = home / "datasets" / "stl10" / "stl10_binary"
+    files.mkdir(parents=True)
+    for name in ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", "unlabeled_X.bin"):
+        (files / name).write_bytes(b"\x00" * 100)  # all there, so nothing is downloaded
     spec = SweepSpec(encoders=("pca",), tasks=("stl10",), z_sizes=(4,), preset="smoke",
-                     device="cpu", workers=1, home=tmp_path / "home", out=None)
-    outcome = run_sweep(spec)  # no STL-10 files and no network: the data job fails
+                     device="cpu", workers=1, home=home, out=None)
+    outcome = run_sweep(spec)  # the files fail their checksums: the data job fails
     states = {s.job.kind: s for s in outcome.states}
     assert states["data"].status == "failed" and "stl10" in states["data"].errors[0]
     assert states["run"].status == "blocked" and states["run"].attempts == 0
@@ -228,6 +270,7 @@ def test_worker_that_cannot_see_the_home_fails_fast(tmp_path):
     assert not list(other.rglob("home-check-*"))  # the driver cleaned its check file
 
 
+@pytest.mark.ray
 def test_ray_executor_reports_a_missing_address_in_one_line(tmp_path):
     result = CliRunner().invoke(main, [
         "sweep", "--encoders", "pca", "--tasks", "lunarlander", "--preset", "smoke",
@@ -236,7 +279,7 @@ def test_ray_executor_reports_a_missing_address_in_one_line(tmp_path):
     assert "Cannot start or reach Ray at 127.0.0.1:1" in result.stderr
 
 
-
+@pytest.mark.subprocess
 def test_ctrl_c_stops_running_jobs_at_once(tmp_path, smoke_data):
     home = home_with_data(tmp_path, smoke_data)
     process = subprocess.Popen(

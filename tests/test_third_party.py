@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.subprocess  # the CLI runs in child processes, as a user runs it
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "third-party-encoder"
 
 
@@ -26,6 +28,7 @@ def installed(tmp_path_factory):
     return target, env
 
 
+@pytest.mark.installs
 def test_installed_plugin_lists_runs_and_reaches_the_board(installed, tmp_path):
     _, env = installed
     env = dict(env, EMBENCH_HOME=str(tmp_path / "home"))
@@ -41,6 +44,7 @@ def test_installed_plugin_lists_runs_and_reaches_the_board(installed, tmp_path):
     assert record["encoder"] == "pooled_pixels"
     assert record["encoder_distribution"] == "embench-pooled-pixels"
     assert record["embedding_dim"] == 48
+    assert record["z_dim"] == 48  # it takes no z_dim: filed under its real size, not smoke's 8
 
     board = _embench(["leaderboard", "--out", str(tmp_path / "board")], env, tmp_path)
     assert board.returncode == 0, board.stderr
@@ -50,7 +54,9 @@ def test_installed_plugin_lists_runs_and_reaches_the_board(installed, tmp_path):
 def test_unpackaged_encoder_by_module_path(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(EXAMPLE / "src"), EMBENCH_HOME=str(tmp_path / "h"))
     ran = _embench(["run", "--encoder", "pooled_pixels:PooledPixels", "--task", "lunarlander",
-                    "--preset", "smoke", "-o", "grid=2"], env, tmp_path)
-    assert ran.returncode == 0, ran.stderr
-    record = json.loads(next((tmp_path / "h" / "results").rglob("*.json")).read_text())
+                    "--preset", "smoke", "-o", "grid=2", "--z", "12"], env, tmp_path)
+    assert ran.returncode == 0, ran.stderr  # --z equal to its fixed size is accepted
+    (path,) = (tmp_path / "h" / "results").rglob("*.json")
+    record = json.loads(path.read_text())
     assert record["encoder"] == "PooledPixels" and record["embedding_dim"] == 12
+    assert record["z_dim"] == 12 and path.name.startswith("PooledPixels-z12-")

@@ -13,7 +13,6 @@ from embench.training import (
     TrainState,
     autocast,
     fit_module,
-    resolve_device,
 )
 
 
@@ -197,15 +196,6 @@ def test_a_diverging_loss_is_reported():
         fit_module(module, lambda i: module.w * float("nan"), lambda s: module.w * float("nan"),
                    n_train=2, n_val=1, optimizer=torch.optim.SGD(module.parameters(), lr=0.1),
                    max_epochs=3)
-
-
-def test_device_resolution():
-    assert resolve_device("cpu") == torch.device("cpu")
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert resolve_device("auto").type == expected
-    if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="no CUDA GPU"):
-            resolve_device("cuda")
 
 
 def test_progress_bar_advances_per_epoch_and_shows_losses():

@@ -31,10 +31,10 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, validate_data
 from torch import nn
 
+from embench.devices import resolve_device  # the one device resolver
 from embench.errors import ConfigError, NotFittedError
 from embench.probes.metrics import check_kind, one_hot, probe_loss
 from embench.protocols import patience_for
-from embench.training import resolve_device  # the one device resolver
 
 ACTIVATIONS = ("relu", "sigmoid")
 OUTPUTS = ("none", "softmax")

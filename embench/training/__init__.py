@@ -1,16 +1,22 @@
-"""Training machinery shared by every trainable component: the loop, devices, precision."""
+"""Training machinery shared by every trainable component: the loop and its checkpoints.
 
-from embench.training.loop import (
+Devices and precision live in :mod:`embench.devices`; their names are re-exported here for the
+encoders that train.
+"""
+
+from embench.devices import (
     PRECISIONS,
-    TrainingDivergedError,
-    TrainResult,
-    TrainState,
     autocast,
     bf16_is_native,
     check_precision,
+    resolve_device,
+)
+from embench.training.loop import (
+    TrainingDivergedError,
+    TrainResult,
+    TrainState,
     copy_state,
     fit_module,
-    resolve_device,
 )
 
 __all__ = [

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from embench.devices import autocast, bf16_is_native, check_precision, resolve_device
 from embench.errors import ConfigError, EmbenchError
 from embench.progress import stage
 from embench.protocols import patience_for
@@ -35,61 +36,9 @@ from embench.protocols import patience_for
 #: validating; both index a tensor as ``data[batch]``) to the batch's mean loss (0-d tensor).
 LossFn = Callable[[Any], torch.Tensor]
 
-PRECISIONS = ("fp32", "bf16")
-DEVICES = ("auto", "cpu", "cuda")
-
 
 class TrainingDivergedError(EmbenchError):
     """The loss became NaN or infinite before any epoch produced a usable model."""
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """Turn ``"auto"`` into ``cuda`` when a GPU is visible, else ``cpu``; check the others.
-
-    Raises:
-        ConfigError: for an unknown device name, or ``"cuda"`` without a usable GPU.
-    """
-    if isinstance(device, torch.device):
-        return device
-    name = str(device)
-    base = name.split(":", 1)[0]
-    if base not in DEVICES:
-        raise ConfigError(
-            f"Unknown device {name!r}.", f"Choose one of {', '.join(map(repr, DEVICES))}."
-        )
-    if base == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if base == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            "device='cuda' was requested but torch sees no CUDA GPU.",
-            "Use device='auto' or 'cpu', or install a CUDA build of torch.",
-        )
-    return torch.device(name)
-
-
-def check_precision(precision: str) -> str:
-    """Return ``precision`` if it is one of :data:`PRECISIONS`, else raise :class:`ConfigError`."""
-    if precision not in PRECISIONS:
-        raise ConfigError(
-            f"Unknown precision {precision!r}.",
-            f"Choose one of {', '.join(map(repr, PRECISIONS))}.",
-        )
-    return precision
-
-
-def bf16_is_native(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 in hardware (CPUs without AVX512-BF16/AMX emulate it)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def autocast(device: torch.device, precision: str) -> torch.autocast:
-    """The autocast context of ``precision`` (a no-op context for fp32)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def copy_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -289,7 +238,7 @@ def fit_module(
             :func:`~embench.protocols.patience_for`.
         seed: seeds the shuffling generator (the caller seeds its own model init and noise).
         device: where the index tensors are made (``"auto"`` resolves like
-            :func:`resolve_device`).
+            :func:`embench.devices.resolve_device`).
         precision: ``"fp32"`` or ``"bf16"`` (``torch.autocast`` around every loss call).
         val_batch_size: validation batch size (default: twice ``batch_size``).
         generators: extra generators the loss functions draw from (e.g. VAE noise), whose
