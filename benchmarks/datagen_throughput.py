@@ -65,9 +65,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="the parallel count to compare")
     args = parser.parse_args()
     preset = Preset(name="bench-datagen", autoencoder_epochs=1, probe_epochs=1, decoder_epochs=1,
-                    sizes={"lunarlander": {"unaltered_rollouts": args.unaltered,
-                                           "altered_rollouts": args.altered,
-                                           "frames": args.frames}})
+                    overrides={"lunarlander": {"unaltered_rollouts": args.unaltered,
+                                               "altered_rollouts": args.altered,
+                                               "frames": args.frames}})
     rollouts = args.unaltered + args.altered
     frames = rollouts * args.frames
     print(f"datagen_throughput: {machine_note()}", flush=True)

@@ -85,7 +85,7 @@ data_dir, home, only_prepare = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 start = begin("imports")
 from embench.cache import embed_splits
 from embench.encoders.pca import PCAEncoder
-from embench.presets import get_preset
+from embench.presets import get_preset, task_z_sizes
 from embench.protocols import AUTOENCODER_TRAIN, AUTOENCODER_VAL
 from embench.runner import prepare_task
 import torchvision.datasets, scipy.io, sklearn.decomposition  # what the later stages import
@@ -106,13 +106,13 @@ for name, split in data.splits.items():
 end("stream", start, images=sum(data.sizes().values()))
 
 start = begin("embed")  # embed_splits over all five splits, with a PCA fitted on few images
-small = PCAEncoder(z_dim=preset.default_z("svhn"), seed=0)
+small = PCAEncoder(z_dim=task_z_sizes(task, preset)[0], seed=0)
 small.fit(data.splits[AUTOENCODER_TRAIN].images[:2000], None)
 embeddings, _ = embed_splits(small, "pca", data)
 end("embed", start, shapes={k: list(v.shape) for k, v in embeddings.items()})
 
 start = begin("pca_fit")  # last: PCAEncoder.fit exactly as the runner calls it
-encoder = PCAEncoder(z_dim=preset.default_z("svhn"), seed=0)
+encoder = PCAEncoder(z_dim=task_z_sizes(task, preset)[0], seed=0)
 encoder.fit(data.splits[AUTOENCODER_TRAIN].images, data.splits[AUTOENCODER_VAL].images)
 end("pca_fit", start)
 """
@@ -125,7 +125,7 @@ n_batches, device = int(sys.argv[3]), sys.argv[4]
 start = begin("imports")
 import torch
 from embench.encoders import autoencoder
-from embench.presets import get_preset
+from embench.presets import get_preset, task_z_sizes
 from embench.protocols import AUTOENCODER_TRAIN, AUTOENCODER_VAL
 from embench.runner import prepare_task
 from embench.training import resolve_device
@@ -138,7 +138,7 @@ task, data = prepare_task("svhn", preset, home, 0, {"data_dir": data_dir, "verif
 end("prepare", start, sizes=data.sizes())
 train_view = data.splits[AUTOENCODER_TRAIN].images
 val_view = data.splits[AUTOENCODER_VAL].images
-encoder = autoencoder.AE(z_dim=preset.default_z("svhn"), device=str(device))
+encoder = autoencoder.AE(z_dim=task_z_sizes(task, preset)[0], device=str(device))
 batch_size = encoder.batch_size
 
 def steps(train, val):

@@ -351,8 +351,8 @@ def leaderboard_command(directories: tuple[Path, ...], out_dir: Path, check: boo
 @preset_option
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True)
 @z_sizes_option("the preset's grid for the task")
-@click.option("--encoders", default="ae,vae,p_ae,p_vae", show_default=True,
-              help="Comma-separated encoder names.")
+@click.option("--encoders", default=None,
+              help="Comma-separated encoder names [default: the paper's encoders].")
 @device_option()
 @precision_option()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -360,12 +360,13 @@ def leaderboard_command(directories: tuple[Path, ...], out_dir: Path, check: boo
 @home_option
 @handle_errors
 def reproduce_command(task: str, preset: str, seeds: int, z_sizes: tuple[int, ...],
-                      encoders: str, device: str, precision: str, out_dir: Path,
+                      encoders: str | None, device: str, precision: str, out_dir: Path,
                       home: Path | None) -> None:
     """Train and score the paper's encoders over the preset's z sizes; publish the board."""
     from embench.runner import reproduce
 
-    names = tuple(e.strip() for e in encoders.split(",") if e.strip())
+    names = (None if encoders is None
+             else tuple(e.strip() for e in encoders.split(",") if e.strip()))
     _live_sweep(lambda on_change, log: reproduce(
         task, preset, encoders=names, z_sizes=z_sizes or None, seeds=seeds, home=home,
         device=device, precision=precision, out_dir=out_dir, on_change=on_change, log=log))

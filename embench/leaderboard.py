@@ -16,6 +16,7 @@ import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -24,46 +25,38 @@ import numpy as np
 from embench.results import RunRecord, sidecar_path, validate_record
 from embench.storage import atomic_path
 
+
+def _read_paper() -> dict[str, Any]:
+    """The paper's numbers, shipped as data (``embench/paper.json``), keyed by task and encoder."""
+    return json.loads(resources.files("embench").joinpath("paper.json").read_text("utf-8"))
+
+
+_PAPER_DATA = _read_paper()
 #: The paper's Tables II-VII: PAPER[task][probe][encoder][z] (LunarLander in px, others as
 #: accuracy fractions).
 PAPER: dict[str, dict[str, dict[str, dict[int, float]]]] = {
-    "lunarlander": {
-        "mlp": {"ae": {32: 13.44, 64: 13.28, 128: 13.31, 256: 13.22},
-                "vae": {32: 12.70, 64: 13.22, 128: 13.31, 256: 13.28},
-                "p_ae": {32: 2.11, 64: 1.60, 128: 1.44, 256: 1.44},
-                "p_vae": {32: 1.28, 64: 1.15, 128: 1.15, 256: 1.28}},
-        "linear": {"ae": {32: 13.73, 64: 13.60, 128: 14.18, 256: 15.17},
-                   "vae": {32: 12.67, 64: 12.99, 128: 12.96, 256: 13.38},
-                   "p_ae": {32: 7.23, 64: 6.85, 128: 6.72, 256: 6.40},
-                   "p_vae": {32: 7.46, 64: 5.50, 128: 5.54, 256: 5.18}},
-    },
-    "stl10": {
-        "mlp": {"ae": {64: .385, 128: .390, 256: .415, 512: .450},
-                "vae": {64: .419, 128: .424, 256: .389, 512: .392},
-                "p_ae": {64: .614, 128: .626, 256: .634, 512: .633},
-                "p_vae": {64: .634, 128: .623, 256: .648, 512: .644}},
-        "linear": {"ae": {64: .346, 128: .354, 256: .402, 512: .444},
-                   "vae": {64: .368, 128: .397, 256: .436, 512: .459},
-                   "p_ae": {64: .563, 128: .597, 256: .595, 512: .601},
-                   "p_vae": {64: .581, 128: .574, 256: .637, 512: .649}},
-    },
-    "svhn": {
-        "mlp": {"ae": {32: .765, 64: .815, 128: .819}, "vae": {32: .768, 64: .818, 128: .827},
-                "p_ae": {32: .770, 64: .822, 128: .840}, "p_vae": {32: .696, 64: .768, 128: .812}},
-        "linear": {"ae": {32: .255, 64: .248, 128: .293}, "vae": {32: .320, 64: .412, 128: .475},
-                   "p_ae": {32: .616, 64: .672, 128: .706},
-                   "p_vae": {32: .589, 64: .663, 128: .712}},
-    },
+    task: {probe: {encoder: {int(z): float(v) for z, v in numbers[probe].items()}
+                   for encoder, numbers in encoders.items() if probe in numbers}
+           for probe in ("mlp", "linear")}
+    for task, encoders in _PAPER_DATA["results"].items()
 }
 #: The paper's Table VIII: PAPER_RECONSTRUCTION[task][encoder] = test L1 of the best autoencoder
 #: of that type after decoder retraining, relative to the lowest of the four (lowest / own).
 PAPER_RECONSTRUCTION: dict[str, dict[str, float]] = {
-    "lunarlander": {"ae": 0.93, "vae": 0.77, "p_ae": 1.00, "p_vae": 0.73},
-    "stl10": {"ae": 1.00, "vae": 0.92, "p_ae": 0.60, "p_vae": 0.44},
-    "svhn": {"ae": 1.00, "vae": 0.97, "p_ae": 0.75, "p_vae": 0.57},
+    task: {encoder: float(numbers["reconstruction"]) for encoder, numbers in encoders.items()
+           if "reconstruction" in numbers}
+    for task, encoders in _PAPER_DATA["results"].items()
 }
-PAPER_ENCODERS = ("ae", "vae", "p_ae", "p_vae")
-ENCODER_LABELS = {"ae": "AE", "vae": "VAE", "p_ae": "P. AE", "p_vae": "P. VAE", "pca": "PCA"}
+#: The paper's encoders, in its column order.
+PAPER_ENCODERS: tuple[str, ...] = tuple(_PAPER_DATA["encoders"])
+#: How the board names encoders (others keep their registered name).
+ENCODER_LABELS: dict[str, str] = dict(_PAPER_DATA["encoder_labels"])
+
+
+def paper_encoders() -> tuple[str, ...]:
+    """The paper's encoders in its column order (what ``embench reproduce`` runs by default)."""
+    return PAPER_ENCODERS
+
 
 # Two-sided 95% Student-t quantiles by degrees of freedom (1..30); normal beyond.
 _T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,

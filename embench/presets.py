@@ -1,30 +1,39 @@
-"""Presets scale sizes and epochs, never the protocol.
+"""Presets scale epochs and batches, never the protocol; tasks say their own sizes.
 
 ``paper`` is the paper's protocol; ``quick`` finishes one encoder on a 2-core CPU in minutes
 while still separating perceptual from pixel-wise encoders on LunarLander; ``smoke`` takes
 seconds and exists for tests.
+
+A preset holds only generic budgets. Each task declares, per preset name, its own sizes
+(``PRESET_SIZES``: rollouts, images per split, ...) and z grid (``Z_SIZES``), so a third-party
+task defines its own ``quick`` and ``paper`` sizes; :func:`task_sizes` and :func:`task_z_sizes`
+read them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from embench.errors import UnknownNameError
+from embench.errors import ConfigError, UnknownNameError
+
+#: The z grid of a task that declares none for a preset.
+DEFAULT_Z_SIZES: tuple[int, ...] = (64,)
 
 
 @dataclass(frozen=True)
 class Preset:
-    """Sizes and epoch budgets of one preset.
+    """Epoch and batch budgets of one preset.
 
     Attributes:
-        name: preset name.
+        name: preset name; tasks key their sizes and z grids on it.
         autoencoder_epochs: most epochs an autoencoder trains (early stopping may stop sooner).
         probe_epochs: most epochs a probe trains.
         decoder_epochs: most epochs of the decoder retraining (Table VIII).
         batch_size: batch size of autoencoder and probe training (512 in the paper).
-        z_sizes: per task, the embedding sizes the paper grid uses at this preset.
-        sizes: per task, the task-specific sizes (rollouts, images per split, ...).
+        overrides: per task name, sizes used instead of the task's own for this preset (tests
+            and benchmarks build small presets this way); empty for the built-in presets.
     """
 
     name: str
@@ -32,16 +41,7 @@ class Preset:
     probe_epochs: int
     decoder_epochs: int
     batch_size: int = 512
-    z_sizes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    sizes: dict[str, dict[str, int | None]] = field(default_factory=dict)
-
-    def sizes_for(self, task: str) -> dict[str, int | None]:
-        """Task-specific sizes (an empty dict for tasks the preset does not name)."""
-        return dict(self.sizes.get(task, {}))
-
-    def default_z(self, task: str) -> int:
-        """The first z of the task's grid (64 for tasks the preset does not name)."""
-        return self.z_sizes.get(task, (64,))[0]
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description (recorded in every result)."""
@@ -49,46 +49,9 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "smoke": Preset(
-        name="smoke",
-        autoencoder_epochs=2,
-        probe_epochs=15,
-        decoder_epochs=2,
-        z_sizes={"lunarlander": (8,), "stl10": (8,), "svhn": (8,)},
-        sizes={
-            "lunarlander": {"unaltered_rollouts": 4, "altered_rollouts": 6, "frames": 150},
-            "stl10": {"autoencoder": 64, "probe": 40, "test": 20},
-            "svhn": {"autoencoder": 64, "probe": 40, "test": 20},
-        },
-    ),
-    "quick": Preset(
-        name="quick",
-        autoencoder_epochs=15,
-        probe_epochs=300,
-        decoder_epochs=5,
-        z_sizes={"lunarlander": (64,), "stl10": (128,), "svhn": (64,)},
-        sizes={
-            "lunarlander": {"unaltered_rollouts": 120, "altered_rollouts": 180, "frames": 150},
-            "stl10": {"autoencoder": 10_000, "probe": 5_000, "test": 8_000},
-            "svhn": {"autoencoder": 20_000, "probe": 10_000, "test": 5_000},
-        },
-    ),
-    "paper": Preset(
-        name="paper",
-        autoencoder_epochs=50,
-        probe_epochs=500,
-        decoder_epochs=50,
-        z_sizes={
-            "lunarlander": (32, 64, 128, 256),
-            "stl10": (64, 128, 256, 512),
-            "svhn": (32, 64, 128),
-        },
-        sizes={
-            "lunarlander": {"unaltered_rollouts": 700, "altered_rollouts": 700, "frames": 150},
-            "stl10": {"autoencoder": None, "probe": None, "test": None},
-            "svhn": {"autoencoder": None, "probe": None, "test": None},
-        },
-    ),
+    "smoke": Preset(name="smoke", autoencoder_epochs=2, probe_epochs=15, decoder_epochs=2),
+    "quick": Preset(name="quick", autoencoder_epochs=15, probe_epochs=300, decoder_epochs=5),
+    "paper": Preset(name="paper", autoencoder_epochs=50, probe_epochs=500, decoder_epochs=50),
 }
 
 
@@ -102,3 +65,62 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise UnknownNameError("preset", name, PRESETS) from None
+
+
+def _preset_name(preset: Preset | str) -> str:
+    return preset.name if isinstance(preset, Preset) else str(preset)
+
+
+def task_sizes(task: Any, preset: Preset | str) -> dict[str, Any]:
+    """The task's own sizes at ``preset`` (rollouts, images per split, ...).
+
+    A preset's ``overrides`` for the task win; otherwise the task's ``PRESET_SIZES`` entry
+    for the preset's name; a task that declares no ``PRESET_SIZES`` at all has none (``{}``).
+
+    Args:
+        task: a task object or class (its ``name`` and ``PRESET_SIZES`` are read).
+        preset: a :class:`Preset` or a preset name.
+
+    Returns:
+        A fresh dict (the caller may change it).
+
+    Raises:
+        ConfigError: when the task declares sizes, but none for the preset; it names the
+            presets it has.
+
+    Example:
+        >>> class Tiny:
+        ...     name = "tiny"
+        ...     PRESET_SIZES = {"quick": {"images": 100}}
+        >>> task_sizes(Tiny, "quick")
+        {'images': 100}
+    """
+    name = str(getattr(task, "name", type(task).__name__))
+    if isinstance(preset, Preset) and name in preset.overrides:
+        return dict(preset.overrides[name])
+    preset_name = _preset_name(preset)
+    declared = getattr(task, "PRESET_SIZES", None)
+    if declared is None:  # a task whose data has no sizes to scale (e.g. fixed files)
+        return {}
+    if not isinstance(declared, Mapping) or preset_name not in declared:
+        has = ", ".join(sorted(declared)) if isinstance(declared, Mapping) else ""
+        raise ConfigError(
+            f"Task {name!r} has no sizes for preset {preset_name!r} "
+            f"(it has sizes for: {has or 'no preset'}).",
+            f"Add a {preset_name!r} entry to the task's PRESET_SIZES, or use one of its presets.")
+    return dict(declared[preset_name])
+
+
+def task_z_sizes(task: Any, preset: Preset | str) -> tuple[int, ...]:
+    """The task's z grid at ``preset`` (its ``Z_SIZES`` entry; ``(64,)`` when it has none).
+
+    Example:
+        >>> class Tiny:
+        ...     name = "tiny"
+        ...     Z_SIZES = {"paper": (16, 32)}
+        >>> task_z_sizes(Tiny, "paper"), task_z_sizes(Tiny, "quick")
+        ((16, 32), (64,))
+    """
+    declared = getattr(task, "Z_SIZES", None) or {}
+    grid = declared.get(_preset_name(preset)) if isinstance(declared, Mapping) else None
+    return tuple(int(z) for z in grid) if grid else DEFAULT_Z_SIZES

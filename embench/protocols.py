@@ -153,7 +153,9 @@ class Task(Protocol):
 
     ``load`` prepares (generates, downloads or verifies) the data and returns it with every
     split of :data:`SPLITS`. Optional: ``name`` and ``image_size`` (side of the square images),
-    checked by ``embench.testing`` when present.
+    checked by ``embench.testing`` when present; ``PRESET_SIZES`` (per preset name, the task's
+    own sizes, read in ``load`` with :func:`embench.presets.task_sizes`) and ``Z_SIZES`` (per
+    preset name, the z grid; ``(64,)`` where absent).
     """
 
     kind: TaskKind

@@ -98,6 +98,18 @@ def get_plugin(kind: str, name: str) -> PluginInfo:
     raise UnknownNameError(kind, name, plugins)
 
 
+def accepts_keyword(function: Any, name: str) -> bool:
+    """Whether ``function`` takes keyword ``name`` (or ``**kwargs``).
+
+    This decides what embench passes to a plugin's factory, ``fit`` or ``load``.
+    """
+    try:
+        params = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def instantiate(
     factory: Any, name: str, kind: str, hints: dict[str, Any], options: dict[str, Any]
 ) -> tuple[Any, dict[str, Any]]:

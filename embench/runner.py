@@ -22,7 +22,7 @@ from embench.cache import DEFAULT_BATCH as EMBED_BATCH
 from embench.cache import cache_path, embed_splits, embedding_key, read_cache, write_cache
 from embench.devices import resolve_device
 from embench.errors import ConfigError, EmbenchError, PluginError
-from embench.presets import Preset, get_preset
+from embench.presets import Preset, get_preset, task_sizes, task_z_sizes
 from embench.protocols import (
     AUTOENCODER_TRAIN,
     AUTOENCODER_VAL,
@@ -32,7 +32,7 @@ from embench.protocols import (
     TEST,
     TaskData,
 )
-from embench.registry import get_plugin, instantiate
+from embench.registry import accepts_keyword, get_plugin, instantiate
 from embench.results import (
     SCHEMA_VERSION,
     Predictions,
@@ -94,6 +94,7 @@ class RunConfig:
     encoder_options: dict[str, Any] = field(default_factory=dict)
     task_options: dict[str, Any] = field(default_factory=dict)
     retrain: bool = False
+    board: Path | None = None
 
 
 @dataclass
@@ -101,7 +102,8 @@ class RunOutcome:
     """What a run produced and which stages were reused.
 
     ``record_hit`` means the whole run was already finished: its record (same run fingerprint,
-    device and precision) was found and returned without repeating the probe search.
+    device and precision) was found and returned without repeating the probe search;
+    ``on_board`` that the record came from the board (``RunConfig.board``), not the home.
     """
 
     record: RunRecord
@@ -109,6 +111,7 @@ class RunOutcome:
     checkpoint_hit: bool
     cache_hit: bool
     record_hit: bool = False
+    on_board: bool = False
 
 
 def load_task(name: str, options: dict[str, Any] | None = None) -> Any:
@@ -124,16 +127,14 @@ def prepare_task(
 ) -> tuple[Any, TaskData]:
     """Construct a task and make sure its data exists (generate or verify it)."""
     task = load_task(name, options)
+    return task, load_task_data(task, preset, home, seed, progress)
+
+
+def load_task_data(task: Any, preset: Preset, home: Path, seed: int = 0,
+                   progress: Any = None) -> TaskData:
+    """Make sure a constructed task's data exists (generate or verify it) and load it."""
     home_dir(home, "datasets")
-    return task, task.load(home, preset, seed, progress)
-
-
-def _accepts(method: Any, name: str) -> bool:
-    try:
-        params = inspect.signature(method).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return task.load(home, preset, seed, progress)
 
 
 def _fixed_size(encoder: Any, name: str, requested: int | None) -> int:
@@ -172,7 +173,7 @@ def fit_or_load_encoder(
                 stored = json.loads(marker.read_text())
                 if stored.get("train_key") == train_key:
                     load_kwargs = {k: v for k, v in load_options.items()
-                                   if _accepts(factory.load, k)}
+                                   if accepts_keyword(factory.load, k)}
                     loaded = factory.load(checkpoint, **load_kwargs)
                     log(f"checkpoint hit: {checkpoint}")
                     return loaded, True, stored.get("training", {})
@@ -180,9 +181,9 @@ def fit_or_load_encoder(
                 log(f"[yellow]warning:[/yellow] ignoring checkpoint {checkpoint}: {exc}")
         train = data.splits[AUTOENCODER_TRAIN].images
         val = data.splits[AUTOENCODER_VAL].images
-        kwargs = {"progress": progress} if _accepts(encoder.fit, "progress") else {}
+        kwargs = {"progress": progress} if accepts_keyword(encoder.fit, "progress") else {}
         resume_dir = checkpoint.with_name(checkpoint.name + ".resume")
-        if storable and _accepts(encoder.fit, "resume_dir"):
+        if storable and accepts_keyword(encoder.fit, "resume_dir"):
             kwargs["resume_dir"] = resume_dir  # epoch-end states: a killed fit continues
         start = time.perf_counter()
         fitted = encoder.fit(train, val, **kwargs)
@@ -321,11 +322,14 @@ def check_run_config(config: RunConfig) -> tuple[Preset, Path, str]:
 
 
 def build_encoder(config: RunConfig, preset: Preset, home: Path, device: str,
-                  task_name: str) -> EncoderSetup:
-    """Construct the encoder (so bad options fail before any data is generated)."""
+                  task: Any) -> EncoderSetup:
+    """Construct the encoder (so bad options fail before any data is generated).
+
+    Without ``--z`` the first z of the task's grid at this preset is used.
+    """
     info = get_plugin("encoder", config.encoder)
     factory = info.load()
-    z = config.z if config.z is not None else preset.default_z(task_name)
+    z = config.z if config.z is not None else task_z_sizes(task, preset)[0]
     hints = {"z_dim": z, "seed": config.seed, "max_epochs": preset.autoencoder_epochs,
              "batch_size": preset.batch_size, "device": device, "precision": config.precision,
              "home": home}
@@ -405,16 +409,21 @@ def probe_stage(task: Any, cached: dict[str, dict[str, np.ndarray]], preset_sett
     return search, score_probes(task, search, X[TEST], y[TEST], y[PROBE_TRAIN])
 
 
-def protocol_fields(task_name: str, task: Any, data: TaskData, preset: Preset,
-                    search: Any) -> dict[str, Any]:
-    """What makes two records comparable, with its fingerprint."""
+def protocol_fields(task_name: str, task: Any, data: TaskData, preset: Preset) -> dict[str, Any]:
+    """What makes two records comparable, with its fingerprint (known before any training)."""
+    from embench.probes.search import candidate_names
+
     sizes = data.sizes()
     protocol = {
         "task": task_name,
         "data": data.fingerprint,
         "split_sizes": {name: sizes[name] for name in SPLITS if name in sizes},
-        "preset": {k: v for k, v in preset.to_dict().items() if k not in ("z_sizes", "name")},
-        "probe_grid": sorted(c["name"] for c in search.to_dict()["candidates"]),
+        # the budgets, not the name; the task's own sizes at this preset (records before
+        # 0.3.0 carried them, and the z grids, inside "preset")
+        "preset": {k: v for k, v in preset.to_dict().items()
+                   if k not in ("z_sizes", "name", "overrides")},
+        "task_sizes": task_sizes(task, preset),
+        "probe_grid": sorted(candidate_names(task.kind)),
         "selection": "lowest validation MSE; best MLP and the linear probe (one layer trained "
                      "like the MLPs) scored on test; closed-form least squares reported as an "
                      "extra",
@@ -469,12 +478,21 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
     timings: dict[str, float] = {}
     preset, home, device = check_run_config(config)
     task_name = get_plugin("task", config.task).name
-    setup = build_encoder(config, preset, home, device, task_name)
+    # constructing the task is cheap (its data comes later); the encoder needs its z grid
+    task = load_task(config.task, config.task_options)
+    setup = build_encoder(config, preset, home, device, task)
 
     start = time.perf_counter()
-    task, data = prepare_task(config.task, preset, home, config.data_seed,
-                              config.task_options, progress)
+    data = load_task_data(task, preset, home, config.data_seed, progress)
     timings["data_seconds"] = time.perf_counter() - start
+    protocol = protocol_fields(task_name, task, data, preset)
+    if config.board is not None and not config.retrain:
+        on_board = record_on_board(config.board, task_name, setup.name, setup.z, config.seed,
+                                   protocol["fingerprint"], device, config.precision)
+        if on_board is not None:  # this cell of this protocol is published: nothing to do
+            log(f"on the board already: {on_board}")
+            return RunOutcome(load_record(on_board), on_board, False, False, record_hit=True,
+                              on_board=True)
 
     encoder_config = _encoder_config(setup.encoder,
                                      {k: v for k, v in setup.given.items() if k != "home"})
@@ -550,7 +568,7 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
         data_info=data.info,
         split_sizes={name: sizes[name] for name in SPLITS if name in sizes},
         metric={"name": task.metric_name, "direction": task.metric_direction},
-        protocol=protocol_fields(task_name, task, data, preset, search),
+        protocol=protocol,
         training=training,
         probes=search.to_dict(),
         test=scores.test,
@@ -565,47 +583,52 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
 
 
 def reproduce(
-    task: str, preset_name: str, *, encoders: tuple[str, ...] = ("ae", "vae", "p_ae", "p_vae"),
+    task: str, preset_name: str, *, encoders: tuple[str, ...] | None = None,
     z_sizes: tuple[int, ...] | None = None, seeds: int = 1, home: Path | None = None,
     device: str = "auto", precision: str = "fp32", out_dir: Path = Path("leaderboard"),
     on_change: Callable[[list[Any]], None] | None = None, log: Log = lambda message: None,
 ) -> Any:
     """Run the paper's grid (encoders x z x seeds) on one task and publish the leaderboard.
 
+    ``encoders`` defaults to the paper's (listed in ``embench/paper.json``); ``z_sizes`` to the
+    task's grid at the preset.
+
     A fixed sweep (:func:`embench.sweep.run_sweep`): one job at a time, each with all usable
     CPUs, publishing to ``out_dir``. Finished runs are reused (checkpoints, embeddings,
-    records), and a cell whose record of this version is already on the board is not run
+    records), and a cell whose record of the same protocol is already on the board is not run
     again, so a reproduction resumes where it stopped, even on a new machine.
 
     Returns:
         The sweep's outcome (each job's state, the board's path).
     """
+    from embench.leaderboard import paper_encoders
     from embench.sweep import SweepSpec, run_sweep
     from embench.workers import usable_cpus
 
-    spec = SweepSpec(encoders=tuple(encoders), tasks=(task,), z_sizes=tuple(z_sizes or ()),
-                     seeds=seeds, preset=preset_name, executor="local", workers=1,
+    spec = SweepSpec(encoders=paper_encoders() if encoders is None else tuple(encoders),
+                     tasks=(task,), z_sizes=tuple(z_sizes or ()), seeds=seeds,
+                     preset=preset_name, executor="local", workers=1,
                      threads_per_job=usable_cpus(), device=device, precision=precision,
                      home=home, out=out_dir)
     return run_sweep(spec, on_change=on_change, log=log)
 
 
-def record_on_board(out_dir: Path, task: str, encoder: str, z: int, seed: int, preset: str,
+def record_on_board(out_dir: Path, task: str, encoder: str, z: int, seed: int, protocol: str,
                     device: str, precision: str) -> Path | None:
-    """The board's record of this cell at this embench version, if there is one.
+    """The board's record of this (encoder, z, seed) cell under ``protocol``, if there is one.
 
-    A record counts when it is valid, consistent with its fingerprints, and was made by this
-    embench version with the same encoder, z, seed, preset, device and precision (so a
-    protocol or version change runs the cell again).
+    A record counts when it is valid, consistent with its own fingerprints, of the same
+    protocol fingerprint (task, data, sizes, budgets, probes, metric and embench version),
+    device and precision. Anything else (an older protocol, another version) is run again.
     """
     directory = out_dir / "results" / safe_name(task, "task name")
-    pattern = f"{safe_name(encoder, 'encoder name')}-z{z}-seed{seed}-{preset}-*.json"
+    pattern = f"{safe_name(encoder, 'encoder name')}-z{z}-seed{seed}-*.json"
     for path in sorted(directory.glob(pattern)):
         try:
             record = load_record(path)
         except EmbenchError:
             continue
-        if (record.embench_version == CODE_VERSION and record.device == device
+        if (record.protocol_id == protocol and record.device == device
                 and record.precision == precision and not record.consistency_problems()):
             return path
     return None

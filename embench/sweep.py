@@ -33,7 +33,7 @@ from typing import Any
 
 from embench.errors import ConfigError, EmbenchError
 from embench.faults import crash_point
-from embench.presets import get_preset
+from embench.presets import get_preset, task_z_sizes
 from embench.storage import atomic_path, resolve_home, safe_name
 from embench.workers import exit_with_parent, usable_cpus
 
@@ -132,11 +132,13 @@ class SweepSpec:
 
     def __post_init__(self) -> None:
         if not self.encoders:
-            raise ConfigError("The sweep names no encoder.", "Pass --encoders ae,p_ae (or "
-                              "`encoders = [...]` in the TOML file).")
+            raise ConfigError("The sweep names no encoder.", "Pass --encoders NAME[,NAME...] "
+                              "(or `encoders = [...]` in the TOML file); `embench list` shows "
+                              "the installed ones.")
         if not self.tasks:
-            raise ConfigError("The sweep names no task.", "Pass --tasks lunarlander (or "
-                              "`tasks = [...]` in the TOML file).")
+            raise ConfigError("The sweep names no task.", "Pass --tasks NAME[,NAME...] (or "
+                              "`tasks = [...]` in the TOML file); `embench list` shows the "
+                              "installed ones.")
         for name in (*self.encoders, *self.tasks):
             if ":" not in name:
                 safe_name(name, "plugin name")
@@ -212,10 +214,12 @@ class SweepSpec:
 
     def jobs(self) -> list[Job]:
         """Every job of the sweep, data jobs first, runs in a stable order."""
+        from embench.runner import load_task
+
         preset = get_preset(self.preset)
         jobs = [Job("data", task) for task in self.tasks]
         for task in self.tasks:
-            zs = self.z_sizes or preset.z_sizes.get(task, (preset.default_z(task),))
+            zs = self.z_sizes or task_z_sizes(load_task(task), preset)
             jobs += [Job("run", task, encoder, z, seed)
                      for seed in range(self.seeds) for z in zs for encoder in self.encoders]
         return jobs
@@ -298,12 +302,15 @@ def _execute(job: Job, settings: dict[str, Any]) -> tuple[str, bool, str | None,
         return "done", False, None, f"{sum(sizes.values())} images in {len(sizes)} splits"
     from embench.runner import RunConfig, run
 
+    board = Path(settings["board"]) if settings.get("board") else None
     outcome = run(RunConfig(encoder=job.encoder or "", task=job.task, preset=settings["preset"],
                             z=job.z, seed=job.seed, device=settings["device"],
-                            precision=settings["precision"], home=home))
+                            precision=settings["precision"], home=home, board=board))
     record = outcome.record
     summary = (f"{record.metric['name']} MLP {record.test['mlp']:.4g}, "
                f"linear {record.test['linear']:.4g}")
+    if outcome.on_board:
+        summary = f"on the board already ({outcome.record_path.name}); {summary}"
     return "done", outcome.record_hit, str(outcome.record_path), summary
 
 
@@ -565,8 +572,8 @@ def run_sweep(spec: SweepSpec, *, on_change: Callable[[list[JobState]], None] | 
     states = [JobState(job) for job in spec.jobs()]
     by_job = {s.job: s for s in states}
     out = spec.board_dir(home)
-    if out is not None:
-        _skip_cells_on_board(states, out, spec, device)
+    if out is not None:  # runs whose record of the same protocol is published are skipped
+        settings["board"] = str(out)
     workers = default_workers(spec, device)
     notify = on_change or (lambda states: None)
     if executor is None:
@@ -626,34 +633,6 @@ def run_sweep(spec: SweepSpec, *, on_change: Callable[[list[JobState]], None] | 
         check.unlink(missing_ok=True)
     board = publish_sweep(states, home, out) if out is not None else None
     return SweepOutcome(states, board, time.perf_counter() - start)
-
-
-def _skip_cells_on_board(states: list[JobState], out: Path, spec: SweepSpec,
-                         device: str) -> None:
-    """Mark runs whose record is on the board (this version) done, and data nobody needs.
-
-    This is how a sweep, or ``embench reproduce``, continues on a new machine from the
-    records committed with the board instead of starting over.
-    """
-    from embench.runner import record_on_board
-
-    for state in states:
-        job = state.job
-        if job.kind != "run" or job.encoder is None or job.z is None:
-            continue
-        path = record_on_board(out, job.task, job.encoder, job.z, job.seed, spec.preset,
-                               device, spec.precision)
-        if path is not None:
-            state.status = "done"
-            state.result = JobResult("done", reused=True, record_path=str(path),
-                                     summary=f"on the board already ({path.name})")
-    for state in states:
-        if state.job.kind == "data" and all(
-                s.status == "done" for s in states
-                if s.job.kind == "run" and s.job.task == state.job.task):
-            state.status = "done"
-            state.result = JobResult("done", reused=True,
-                                     summary="not needed: every run is on the board")
 
 
 def publish_sweep(states: list[JobState], home: Path, out: Path) -> Path | None:

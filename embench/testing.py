@@ -13,7 +13,6 @@ The same battery runs over every registered plugin in embench's own test suite.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import tempfile
@@ -35,6 +34,7 @@ from embench.protocols import (
     Task,
     missing_members,
 )
+from embench.registry import accepts_keyword
 
 
 def tiny_images(n: int = 24, size: int = 64, seed: int = 0) -> np.ndarray:
@@ -45,15 +45,6 @@ def tiny_images(n: int = 24, size: int = 64, seed: int = 0) -> np.ndarray:
         x, y = rng.integers(0, size - size // 4, size=2)
         images[i, :, y : y + size // 4, x : x + size // 4] = 220
     return images
-
-
-def _takes(factory: Any, name: str) -> bool:
-    """Whether embench would pass keyword ``name`` to ``factory`` (as the registry decides)."""
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def _embeddings(label: str, out: Any, n_rows: int) -> np.ndarray:
@@ -108,7 +99,7 @@ def check_encoder(factory: Any, image_size: int = 64, **config: Any) -> Any:
     missing = missing_members(encoder, Encoder)
     assert not missing, (f"{label} lacks the required member(s) {', '.join(missing)} "
                          "of embench.protocols.Encoder")
-    if not _takes(factory, "z_dim"):
+    if not accepts_keyword(factory, "z_dim"):
         try:
             fixed = encoder.embedding_dim
         except Exception as exc:

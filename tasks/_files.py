@@ -47,7 +47,7 @@ import numpy as np
 
 from embench.datastore import Unusable, load_or_build
 from embench.errors import ConfigError, DataError
-from embench.presets import Preset
+from embench.presets import Preset, task_sizes
 from embench.progress import stage
 from embench.protocols import (
     AUTOENCODER_TRAIN,
@@ -642,7 +642,7 @@ class OfficialFilesTask:
     # -- splits -----------------------------------------------------------------------------
 
     def _wanted_sizes(self, preset: Preset) -> dict[str, int | None]:
-        sizes = preset.sizes_for(self.name)
+        sizes = task_sizes(self, preset)
         wanted: dict[str, int | None] = {}
         for role in ("autoencoder", "probe", "test"):
             value = sizes.get(role)

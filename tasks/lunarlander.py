@@ -53,7 +53,7 @@ import numpy as np
 from embench.datastore import Unusable, load_or_build
 from embench.errors import ConfigError, DataError
 from embench.faults import crash_point
-from embench.presets import Preset
+from embench.presets import Preset, task_sizes
 from embench.progress import stage
 from embench.protocols import (
     AUTOENCODER_TRAIN,
@@ -369,6 +369,14 @@ class LunarLanderTask:
     image_size = IMAGE_SIZE
     metric_name = "error_px"
     metric_direction: Literal["lower"] = "lower"
+    #: Rollouts and frames per rollout at each preset (Table I: 700 + 700 rollouts of 150).
+    PRESET_SIZES = {
+        "smoke": {"unaltered_rollouts": 4, "altered_rollouts": 6, "frames": 150},
+        "quick": {"unaltered_rollouts": 120, "altered_rollouts": 180, "frames": 150},
+        "paper": {"unaltered_rollouts": 700, "altered_rollouts": 700, "frames": 150},
+    }
+    #: The z grid at each preset (the paper's: 32, 64, 128, 256).
+    Z_SIZES = {"smoke": (8,), "quick": (64,), "paper": (32, 64, 128, 256)}
 
     def __init__(self, workers: int | None = None) -> None:
         self.workers = workers
@@ -452,7 +460,7 @@ class LunarLanderTask:
 
     def _params(self, preset: Preset, seed: int) -> dict[str, Any]:
         """Every generation parameter: the fingerprint's input and the file's ``params``."""
-        sizes = preset.sizes_for(self.name)
+        sizes = task_sizes(self, preset)
         missing = [
             k for k in ("unaltered_rollouts", "altered_rollouts", "frames") if not sizes.get(k)
         ]

@@ -117,6 +117,15 @@ class STL10Task(OfficialFilesTask):
     layout = "stl10_binary/{train,test,unlabeled}_X.bin and {train,test}_y.bin"
     label_mapping = "official labels 1..10 -> 0..9"
 
+    #: Images per split at each preset, the first N rows of each official split (None: all).
+    PRESET_SIZES = {
+        "smoke": {"autoencoder": 64, "probe": 40, "test": 20},
+        "quick": {"autoencoder": 10_000, "probe": 5_000, "test": 8_000},
+        "paper": {"autoencoder": None, "probe": None, "test": None},
+    }
+    #: The z grid at each preset (the paper's grid last).
+    Z_SIZES = {"smoke": (8,), "quick": (128,), "paper": (64, 128, 256, 512)}
+
     def source_files(self) -> tuple[SourceFile, ...]:
         return stl10_source_files()
 

@@ -114,6 +114,15 @@ class SVHNTask(OfficialFilesTask):
     layout = "{train,test,extra}_32x32.mat"
     label_mapping = "official labels 1..10 -> digits 0..9 (10 is the digit 0)"
 
+    #: Images per split at each preset, the first N rows of each official split (None: all).
+    PRESET_SIZES = {
+        "smoke": {"autoencoder": 64, "probe": 40, "test": 20},
+        "quick": {"autoencoder": 20_000, "probe": 10_000, "test": 5_000},
+        "paper": {"autoencoder": None, "probe": None, "test": None},
+    }
+    #: The z grid at each preset (the paper's grid last).
+    Z_SIZES = {"smoke": (8,), "quick": (64,), "paper": (32, 64, 128)}
+
     def source_files(self) -> tuple[SourceFile, ...]:
         return svhn_source_files()
 

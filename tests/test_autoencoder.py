@@ -47,12 +47,8 @@ TRAIN, VAL = blobs(24, seed=0), blobs(12, seed=1)
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny batches on a shared 2-core box: one thread avoids OpenMP barrier stalls (6x here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test of this module runs its tiny fits on one torch thread."""
 
 
 CLASSES = {"ae": AE, "vae": VAE, "p_ae": PerceptualAE, "p_vae": PerceptualVAE}

@@ -49,7 +49,7 @@ def make_preset(**sizes: int) -> Preset:
         autoencoder_epochs=1,
         probe_epochs=1,
         decoder_epochs=1,
-        sizes={"lunarlander": {**base, **sizes}},
+        overrides={"lunarlander": {**base, **sizes}},
     )
 
 
@@ -252,8 +252,12 @@ def test_too_few_rollouts_or_missing_sizes_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="at least 2 unaltered and 3 altered"):
         LunarLanderTask().load(tmp_path, make_preset(altered_rollouts=2), seed=0)
     bare = Preset(name="bare", autoencoder_epochs=1, probe_epochs=1, decoder_epochs=1)
-    with pytest.raises(ConfigError, match="unaltered_rollouts"):
+    with pytest.raises(ConfigError, match="no sizes for preset 'bare'"):
         LunarLanderTask().load(tmp_path, bare, seed=0)
+    partial = Preset(name="partial", autoencoder_epochs=1, probe_epochs=1, decoder_epochs=1,
+                     overrides={"lunarlander": {"frames": 10}})
+    with pytest.raises(ConfigError, match="unaltered_rollouts"):
+        LunarLanderTask().load(tmp_path, partial, seed=0)
     with pytest.raises(ConfigError, match="seed"):
         LunarLanderTask().load(tmp_path, PRESET, seed=-1)
     with pytest.raises(ConfigError, match="workers"):

@@ -18,7 +18,7 @@ from torchvision.datasets.utils import calculate_md5
 
 from embench.cli import main
 from embench.errors import ConfigError, DataError
-from embench.presets import Preset, get_preset
+from embench.presets import Preset, get_preset, task_sizes
 from embench.protocols import (
     AUTOENCODER_TRAIN,
     AUTOENCODER_VAL,
@@ -37,8 +37,8 @@ from embench.tasks.stl10 import STL10Task
 from embench.tasks.svhn import SVHNTask
 
 ALL = Preset(name="all", autoencoder_epochs=1, probe_epochs=1, decoder_epochs=1,
-             sizes={"stl10": {"autoencoder": None, "probe": None, "test": None},
-                    "svhn": {"autoencoder": None, "probe": None, "test": None}})
+             overrides={"stl10": {"autoencoder": None, "probe": None, "test": None},
+                        "svhn": {"autoencoder": None, "probe": None, "test": None}})
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ def test_split_sizes_all_rows(stl10_data, svhn_data, official_files):
 def test_smoke_preset_uses_the_first_n_rows(task_class, stl10_dir, svhn_dir, tmp_path):
     data_dir = stl10_dir if task_class is STL10Task else svhn_dir
     preset = get_preset("smoke")
-    sizes = preset.sizes_for(task_class.name)
+    sizes = task_sizes(task_class, preset)
     data = task_class(data_dir=data_dir, verify=False, download=False).load(tmp_path, preset, 0)
     assert len(data.splits[AUTOENCODER_TRAIN]) + len(data.splits[AUTOENCODER_VAL]) == sizes[
         "autoencoder"]
@@ -173,7 +173,7 @@ def test_smoke_preset_uses_the_first_n_rows(task_class, stl10_dir, svhn_dir, tmp
 
 def test_preset_larger_than_the_files_takes_them_all(stl10_dir, tmp_path):
     preset = Preset(name="big", autoencoder_epochs=1, probe_epochs=1, decoder_epochs=1,
-                    sizes={"stl10": {"autoencoder": 10**6, "probe": 10**6, "test": 10**6}})
+                    overrides={"stl10": {"autoencoder": 10**6, "probe": 10**6, "test": 10**6}})
     data = STL10Task(data_dir=stl10_dir, verify=False, download=False).load(tmp_path, preset, 0)
     assert data.info["rows_used"] == {"autoencoder": 80, "probe": 50, "test": 30}
 
@@ -193,7 +193,7 @@ def test_splits_follow_the_seed(stl10_dir, tmp_path):
 @pytest.mark.parametrize("bad", [{"probe": 1}, {"test": 0}, {"autoencoder": "all"}])
 def test_unusable_preset_sizes_are_refused(stl10_dir, tmp_path, bad):
     preset = Preset(name="bad", autoencoder_epochs=1, probe_epochs=1, decoder_epochs=1,
-                    sizes={"stl10": bad})
+                    overrides={"stl10": bad})
     with pytest.raises(ConfigError, match="Preset 'bad' asks for"):
         STL10Task(data_dir=stl10_dir, verify=False, download=False).load(tmp_path, preset, 0)
 
@@ -521,7 +521,8 @@ def test_cli_smoke_run_on_fixture_files(task, stl10_dir, svhn_dir, tmp_path):
     assert record["metric"] == {"name": "accuracy", "direction": "higher"}
     assert 0 <= record["test"]["mlp"] <= 1
     assert record["data_info"]["verified"] is False
-    assert record["data_info"]["rows_used"] == get_preset("smoke").sizes_for(task)
+    task_class = {"stl10": STL10Task, "svhn": SVHNTask}[task]
+    assert record["data_info"]["rows_used"] == task_sizes(task_class, "smoke")
 
 
 def test_cli_without_files_or_network_is_one_line(tmp_path, monkeypatch):

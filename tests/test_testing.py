@@ -13,7 +13,7 @@ import pytest
 
 from embench import registry
 from embench.errors import ConfigError
-from embench.presets import Preset, get_preset
+from embench.presets import Preset, task_z_sizes
 from embench.protocols import Checkpointable, Encoder, RetrainsDecoder, Task
 from embench.runner import RunConfig, load_task, run
 from embench.testing import check_encoder, check_task, check_task_data
@@ -105,7 +105,7 @@ def test_fixed_size_encoder_is_filed_under_its_real_size(stl10_dir, tmp_path):
     config = RunConfig(encoder=f"{__name__}:FixedSizeEncoder", task="stl10", preset="smoke",
                        device="cpu", home=tmp_path, task_options=options)
     outcome = run(config)
-    assert outcome.record.z_dim == 6 != get_preset("smoke").default_z("stl10")
+    assert outcome.record.z_dim == 6 != task_z_sizes(load_task("stl10"), "smoke")[0]
     assert outcome.record_path.name.startswith("FixedSizeEncoder-z6-")
     again = run(dataclasses.replace(config, z=6))  # its own size is accepted: the same run
     assert again.record_hit and again.record_path == outcome.record_path
@@ -269,10 +269,10 @@ ENCODERS = sorted(registry.discover("encoder"))
 TASKS = sorted(registry.discover("task"))
 # Smaller than the smoke preset: the battery checks the contract, not the numbers.
 TASK_PRESET = Preset(name="conformance", autoencoder_epochs=1, probe_epochs=1, decoder_epochs=1,
-                     sizes={"lunarlander": {"unaltered_rollouts": 2, "altered_rollouts": 3,
-                                            "frames": 10},
-                            "stl10": {"autoencoder": 10, "probe": 10, "test": 5},
-                            "svhn": {"autoencoder": 10, "probe": 10, "test": 5}})
+                     overrides={"lunarlander": {"unaltered_rollouts": 2, "altered_rollouts": 3,
+                                                "frames": 10},
+                                "stl10": {"autoencoder": 10, "probe": 10, "test": 5},
+                                "svhn": {"autoencoder": 10, "probe": 10, "test": 5}})
 
 
 def test_the_battery_covers_every_builtin():
@@ -280,14 +280,8 @@ def test_the_battery_covers_every_builtin():
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The tiny fits are faster on one thread, and leave the other core to the suite."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test of this module runs its tiny fits on one torch thread."""
 
 
 @pytest.mark.parametrize("name", ENCODERS)

@@ -95,6 +95,16 @@ def probe_grid(kind: str) -> list[dict[str, Any]]:
     ]
 
 
+def candidate_names(kind: str, grid: list[dict[str, Any]] | None = None) -> list[str]:
+    """The names of every candidate :func:`search_probes` fits for ``kind`` (and ``grid``).
+
+    Known before any probe trains, so a run's protocol can be named before it is computed.
+    """
+    grid = probe_grid(kind) if grid is None else grid
+    return ["linear", "least_squares",
+            *(mlp_name(tuple(e["hidden"]), e["activation"], e["output"]) for e in grid)]
+
+
 def mlp_name(hidden: tuple[int, ...], activation: str, output: str) -> str:
     """A name that carries the configuration, e.g. ``mlp-128x64-relu-none``."""
     return f"mlp-{'x'.join(str(h) for h in hidden)}-{activation}-{output}"
