@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from embench.results import RunRecord, sidecar_path, validate_record
+from embench.results import RunRecord, load_record, sidecar_path, validate_record
 from embench.storage import atomic_path
 
 
@@ -510,8 +510,7 @@ def publish(record_files: list[Path], out_dir: Path, plots: bool = True) -> Path
     """
     results = out_dir / "results"
     for record_file in record_files:
-        task = RunRecord.from_dict(json.loads(Path(record_file).read_text()),
-                                   source=str(record_file)).task
+        task = load_record(record_file).task
         target_dir = results / task
         for source in files_of(Path(record_file)):
             target = target_dir / source.name

@@ -20,7 +20,7 @@ import numpy as np
 
 from embench.cache import DEFAULT_BATCH as EMBED_BATCH
 from embench.cache import cache_path, embed_splits, embedding_key, read_cache, write_cache
-from embench.devices import resolve_device
+from embench.devices import check_precision, resolve_device
 from embench.errors import ConfigError, EmbenchError, PluginError
 from embench.presets import Preset, get_preset, task_sizes, task_z_sizes
 from embench.protocols import (
@@ -316,8 +316,7 @@ def check_run_config(config: RunConfig) -> tuple[Preset, Path, str]:
     if not isinstance(config.seed, int) or config.seed < 0:
         raise ConfigError(f"Invalid --seed {config.seed!r}: must be a non-negative integer.")
     device = str(resolve_device(config.device))  # records store the name
-    if config.precision not in {"fp32", "bf16"}:
-        raise ConfigError(f"Invalid precision {config.precision!r}.", "Use fp32 or bf16.")
+    check_precision(config.precision)
     return preset, home, device
 
 

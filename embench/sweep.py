@@ -631,11 +631,11 @@ def run_sweep(spec: SweepSpec, *, on_change: Callable[[list[JobState]], None] | 
         executor.shutdown()
     finally:
         check.unlink(missing_ok=True)
-    board = publish_sweep(states, home, out) if out is not None else None
+    board = publish_sweep(states, out) if out is not None else None
     return SweepOutcome(states, board, time.perf_counter() - start)
 
 
-def publish_sweep(states: list[JobState], home: Path, out: Path) -> Path | None:
+def publish_sweep(states: list[JobState], out: Path) -> Path | None:
     """Publish the finished runs' records (with sidecars and pictures) on the board in ``out``."""
     from embench.leaderboard import publish
 

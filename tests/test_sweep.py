@@ -103,7 +103,7 @@ def test_toml_parser_is_tomllib_and_falls_back_to_tomli(tmp_path, monkeypatch):
         import tomllib
 
         assert toml_parser() is tomllib
-    tomli = pytest.importorskip("tomli")  # the 3.10 dependency; in the test extra everywhere
+    import tomli  # the 3.10 dependency; in the test and dev extras everywhere
     monkeypatch.setitem(sys.modules, "tomllib", None)  # `import tomllib` fails, as on 3.10
     assert toml_parser() is tomli
     path = tmp_path / "sweep.toml"
