@@ -113,7 +113,8 @@ def precision_option(default: str | None = "fp32") -> Callable[[Any], Any]:
     unset = "" if default else " [default: fp32]"
     return click.option(
         "--precision", type=click.Choice(PRECISIONS), default=default, show_default=bool(default),
-        help=f"Precision of encoder training (bf16: autocast).{unset}")
+        help="Precision of encoder training: fp32 (repeats bit for bit), bf16 (autocast), or "
+        f"auto (bf16 where the device computes it natively, else fp32).{unset}")
 
 
 class SizeList(click.ParamType):
@@ -229,22 +230,46 @@ def data_command(task: str, preset: str, seed: int, data_dir: Path | None,
 @verify_data_option
 @download_option
 @click.option("--retrain", is_flag=True, help="Train even if a checkpoint exists.")
+@click.option("--estimate/--no-estimate", default=None,
+              help="Before starting, time a few training steps (a few seconds) to estimate "
+              "each stage [default: on; EMBENCH_ESTIMATE=0 turns it off].")
 @home_option
 @handle_errors
 def run_command(encoder: str, task: str, preset: str, z: int | None, seed: int, device: str,
                 precision: str, options: tuple[str, ...], data_dir: Path | None,
-                verify_data: bool, download: bool, retrain: bool, home: Path | None) -> None:
-    """Train (or load) ENCODER, embed TASK once, search probes and write a result record."""
-    from embench.progress import make_progress
+                verify_data: bool, download: bool, retrain: bool, estimate: bool | None,
+                home: Path | None) -> None:
+    """Train (or load) ENCODER, embed TASK once, search probes and write a result record.
+
+    It first prints the stages it will compute or reuse and roughly how long they take here,
+    and ends with where the record is and how to publish it.
+    """
+    import time
+
+    from embench.demo import next_steps
+    from embench.estimate import estimate_wanted, format_plan, plan_run
+    from embench.progress import format_seconds, make_progress
     from embench.runner import RunConfig, run
 
     config = RunConfig(
         encoder=encoder, task=task, preset=preset, z=z, seed=seed, device=device,
         precision=precision, home=home, encoder_options=_parse_options(options),
         task_options=_task_options(data_dir, verify_data, download), retrain=retrain)
+    console = _console()
+    plan = plan_run(config, measure=estimate_wanted(estimate))
+    for line in format_plan(plan):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    start = time.perf_counter()
     with make_progress(err_console) as progress:
         outcome = run(config, progress=progress, log=progress.console.print)
     print_summary(outcome.record, outcome.record_path, reused=outcome.record_hit)
+    if not outcome.record_hit:
+        estimated = plan.total_seconds
+        console.print(f"finished in {format_seconds(time.perf_counter() - start)}"
+                      + (f" (estimated ~{format_seconds(estimated)})"
+                         if estimated is not None and plan.note is None else ""))
+    for line in next_steps(outcome.record_path, home):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _task_options(data_dir: Path | None, verify_data: bool, download: bool) -> dict[str, Any]:
@@ -310,6 +335,50 @@ def print_summary(record: RunRecord, path: Path, reused: bool = False) -> None:
 
 def _fmt_metric(name: str, value: float) -> str:
     return f"{100 * value:.1f}%" if name == "accuracy" else f"{value:.2f}"
+
+
+@main.command("demo")
+@click.option("--ae-epochs", type=click.IntRange(min=1), default=None,
+              help="Epochs of the briefly trained ae and p_ae [default: 15].")
+@click.option("--rollouts", type=SizeList(), default=None, metavar="UNALTERED,ALTERED",
+              help="LunarLander rollouts; fewer is faster and noisier [default: 12,20].")
+@click.option("--frames", type=click.IntRange(min=1), default=None,
+              help="Frames per rollout [default: 150].")
+@device_option()
+@home_option
+@handle_errors
+def demo_command(ae_epochs: int | None, rollouts: tuple[int, ...] | None, frames: int | None,
+                 device: str, home: Path | None) -> None:
+    """A few minutes' comparison on LunarLander: pca, untrained ae, ae and p_ae trained briefly.
+
+    Real runs on a small set, recorded in EMBENCH_HOME (a second demo reuses them); then the
+    table, and how to run the full thing.
+    """
+    from embench.demo import DEMO_AE_EPOCHS, closing_lines, run_demo, summary_table
+    from embench.progress import make_progress
+
+    sizes: dict[str, int] = {}
+    if rollouts is not None:
+        if len(rollouts) != 2:
+            raise click.BadParameter("give two counts, UNALTERED,ALTERED (e.g. 12,20).",
+                                     param_hint="'--rollouts'")
+        sizes.update(unaltered_rollouts=rollouts[0], altered_rollouts=rollouts[1])
+    if frames is not None:
+        sizes["frames"] = frames
+    console = _console()
+    console.print("embench demo: pca, an untrained ae, and the pixel-wise ae and perceptual "
+                  "p_ae trained briefly, each embedded and probed on a small LunarLander set; "
+                  "a few minutes on a 2-core CPU the first time, instant once cached.",
+                  soft_wrap=True)
+    with make_progress(err_console) as progress:
+        outcome = run_demo(
+            home=home, ae_epochs=ae_epochs or DEMO_AE_EPOCHS, sizes=sizes, device=device,
+            progress=progress, log=progress.console.print,
+            on_start=lambda entry: progress.console.print(f"[bold]{entry.label}[/bold]"))
+    console.print(summary_table(outcome))
+    console.print(f"demo finished in {outcome.seconds:.0f} s", soft_wrap=True)
+    for line in closing_lines(outcome, home):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @main.command("leaderboard")
@@ -471,6 +540,28 @@ def _sweep_table(states: list[Any]) -> Table:
     return table
 
 
+@main.command("show")
+@click.argument("record_path", type=click.Path(path_type=Path))
+@click.option("--probe", type=click.Choice(["mlp", "linear"]), default="mlp", show_default=True,
+              help="Whose predictions: the selected MLP or the linear probe.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="The PNG to write [default: <record>.show.png beside it].")
+@data_dir_option
+@home_option
+@handle_errors
+def show_command(record_path: Path, probe: str, out_path: Path | None, data_dir: Path | None,
+                 home: Path | None) -> None:
+    """Draw RECORD's test predictions over its test frames (worst items first) as a PNG."""
+    from embench.progress import make_progress
+    from embench.show import show_record
+
+    with make_progress(err_console) as progress:
+        picture = show_record(record_path, home=home, out=out_path, probe=probe,
+                              task_options=_task_options(data_dir, True, True),
+                              progress=progress)
+    _console().print(str(picture.path), soft_wrap=True)
+
+
 @main.command("verify")
 @click.argument("record_path", type=click.Path(path_type=Path))
 @click.option("--full", is_flag=True, help="Rerun the whole run in a fresh temporary home.")
@@ -507,6 +598,100 @@ def verify_command(record_path: Path, full: bool, tolerance: float | None,
     if not result.matches:
         _fail("the recomputed metrics differ from the record beyond the tolerance.", 1)
     _console().print("[green]match[/green]: the record reproduces.")
+
+
+@main.command("compare")
+@click.argument("runs", nargs=-1, required=True, metavar="RECORD_OR_ENCODER...")
+@click.option("--task", "-t", default=None,
+              help="The task whose records an encoder name stands for (needed with names).")
+@click.option("--z", type=click.IntRange(min=1), default=None,
+              help="With names: only records of this z.")
+@click.option("--preset", default=None, metavar="[smoke|quick|paper]",
+              help="With names: only records of this preset.")
+@click.option("--probe", "--metric", "probe", type=click.Choice(["mlp", "linear",
+              "least_squares"]), default="mlp", show_default=True,
+              help="Whose predictions are compared: the best MLP, the linear probe, ...")
+@click.option("--resamples", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Bootstrap resamples and permutation sign patterns.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the resampling (the same seed gives the same numbers).")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+@click.option("--board", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Board folder whose results/ encoder names are looked up in [default: "
+              "--home's results if --home is given, else ./leaderboard if it exists, else "
+              "EMBENCH_HOME/results].")
+@home_option
+@handle_errors
+def compare_command(runs: tuple[str, ...], task: str | None, z: int | None,
+                    preset: str | None, probe: str, resamples: int, seed: int, as_json: bool,
+                    board: Path | None, home: Path | None) -> None:
+    """Compare two encoders item by item on the same test data.
+
+    Each RECORD_OR_ENCODER is a record file (its predictions sidecar beside it; one file per
+    seed) or an encoder name, which stands for all its records of --task (newest per seed).
+    Prints seed-by-seed pairs and the pooled comparison: the difference A − B with its 95%
+    interval (paired bootstrap; whole groups, e.g. rollouts, when the task has them), the
+    ratio A / B with its interval, and a paired sign-flip permutation p-value.
+    """
+    import json
+
+    from rich import box
+
+    from embench.compare import (
+        compare_records,
+        format_diff,
+        format_p,
+        format_ratio,
+        format_value,
+        is_record_file,
+        resolve_sides,
+    )
+    from embench.storage import resolve_home
+
+    if board is not None:
+        directory = board / "results"
+    elif home is None and Path("leaderboard", "results").is_dir():
+        directory = Path("leaderboard", "results")
+    else:
+        directory = resolve_home(home) / "results"
+    side_a, side_b = resolve_sides(runs, directory=directory, task=task, z=z, preset=preset)
+    comparison = compare_records(side_a, side_b, probe=probe, n_resamples=resamples, seed=seed)
+    if as_json:
+        click.echo(json.dumps(comparison.to_dict(), indent=2))
+        return
+    metric = comparison.metric
+    direction = "lower is better" if comparison.lower_is_better else "higher is better"
+    probe_label = {"mlp": "best MLP", "linear": "linear probe"}.get(probe, f"{probe} probe")
+    z_text = (f"z={comparison.z_a}" if comparison.z_a == comparison.z_b
+              else f"z={comparison.z_a} vs {comparison.z_b}")
+    table = Table(title=f"{comparison.label_a} (A) vs {comparison.label_b} (B) on "
+                  f"{comparison.task}, {z_text}: test {metric} of the {probe_label} "
+                  f"({direction})", title_justify="left")
+    unit = " (pp)" if metric == "accuracy" else " (px)" if metric.endswith("_px") else ""
+    table.box, table.pad_edge = box.SIMPLE_HEAD, False
+    table.add_column("", no_wrap=True)
+    for column in (comparison.label_a, comparison.label_b, f"A − B{unit} [95% CI]",
+                   "A / B [95% CI]", "p"):
+        table.add_column(column, justify="right", no_wrap=True)
+    pooled = comparison.pooled
+    for result in [*comparison.per_seed, pooled]:
+        table.add_row(
+            result.label, format_value(metric, result.mean_a),
+            format_value(metric, result.mean_b),
+            f"{format_diff(metric, result.diff, False)} "
+            f"[{format_diff(metric, result.ci_low, False)}, "
+            f"{format_diff(metric, result.ci_high, False)}]", format_ratio(result),
+            format_p(result.p_value, prefix=False), style="bold" if result is pooled else "")
+    console = _console()
+    console.print(table)
+    groups = (f" in {comparison.n_groups:,} groups" if comparison.resampling == "groups"
+              else "")
+    console.print(f"{comparison.n_items:,} test items{groups}; pooled: each item's value "
+                  f"averaged over {len(pooled.seeds_a)} + {len(pooled.seeds_b)} seed(s). "
+                  f"{comparison.method()}.", soft_wrap=True)
+    console.print(f"[bold]{comparison.verdict()}[/bold]", soft_wrap=True)
+    if not all(is_record_file(r) for r in runs):
+        console.print(f"records from {directory}", style="dim", soft_wrap=True)
 
 
 @main.group("weights")

@@ -10,6 +10,8 @@ Example:
     device(type='cpu')
     >>> check_precision("bf16")
     'bf16'
+    >>> resolve_precision("auto", "cpu") in ("fp32", "bf16")
+    True
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ if TYPE_CHECKING:
 
 #: Device names a user may give (``cuda:N`` is accepted too).
 DEVICES = ("auto", "cpu", "cuda")
-#: Precisions of training: ``fp32``, or bf16 autocast.
-PRECISIONS = ("fp32", "bf16")
+#: Precisions of training: ``fp32``, bf16 autocast, or ``auto`` (bf16 where the device
+#: computes it natively, fp32 elsewhere; see :func:`resolve_precision`).
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -82,16 +85,58 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """The precision a run computes in: ``auto`` becomes ``bf16`` or ``fp32``.
+
+    ``auto`` takes bf16 autocast only where ``device`` computes bf16 in hardware
+    (:func:`bf16_is_native`): a CUDA GPU with bf16 units, or a CPU with AVX512-BF16 or AMX.
+    Elsewhere bf16 is emulated and slower than fp32, so ``auto`` stays fp32. Records store
+    the result, never ``auto``.
+
+    Raises:
+        ConfigError: for an unknown precision.
+
+    Example:
+        >>> resolve_precision("fp32", "cpu")
+        'fp32'
+    """
+    check_precision(precision)
+    if precision != "auto":
+        return precision
+    return "bf16" if bf16_is_native(resolve_device(device)) else "fp32"
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux reports them (empty where /proc/cpuinfo is absent)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def bf16_is_native(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 in hardware (CPUs without AVX512-BF16/AMX emulate it)."""
+    """Whether ``device`` computes bf16 in hardware.
+
+    CUDA: the GPU has bf16 units (Ampere or newer; emulation does not count). CPU: the
+    AVX512-BF16 or AMX-BF16 instructions (Linux flags ``avx512_bf16`` / ``amx_bf16``).
+    ``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` is not enough: it is true on any
+    AVX512 CPU, where oneDNN emulates bf16. Other systems (no /proc/cpuinfo) count as
+    emulating it, so ``auto`` picks fp32 there.
+    """
     import torch
 
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
+        try:
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except TypeError:  # older torch: no including_emulation argument
+            return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
         return False
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def autocast(device: torch.device, precision: str) -> torch.autocast:

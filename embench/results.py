@@ -104,6 +104,8 @@ class RunRecord:
         reconstruction: Table VIII's result for autoencoders (``None`` otherwise).
         predictions: file name of the per-item predictions sidecar, beside the record
             (``None`` for records made before schema 2).
+        pictures: file names of the pictures beside the record, by role (``{"show":
+            "<stem>.show.png"}``, see :mod:`embench.show`), or ``None``.
         extra: fields this version does not know (kept, and written back).
 
     Example:
@@ -146,6 +148,7 @@ class RunRecord:
     cache: dict[str, bool] = field(default_factory=dict)
     reconstruction: dict[str, Any] | None = None
     predictions: str | None = None
+    pictures: dict[str, str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     #: Fields an older record did not have: written back only if they were set since.
     absent: frozenset[str] = field(default=frozenset(), repr=False, compare=False)

@@ -6,6 +6,7 @@ result record. Every stage whose output exists with the right fingerprint is ski
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import inspect
 import json
@@ -20,7 +21,7 @@ import numpy as np
 
 from embench.cache import DEFAULT_BATCH as EMBED_BATCH
 from embench.cache import cache_path, embed_splits, embedding_key, read_cache, write_cache
-from embench.devices import check_precision, resolve_device
+from embench.devices import check_precision, resolve_device, resolve_precision
 from embench.errors import ConfigError, EmbenchError, PluginError
 from embench.presets import Preset, get_preset, task_sizes, task_z_sizes
 from embench.protocols import (
@@ -68,21 +69,25 @@ class RunConfig:
     """Everything one ``embench run`` needs.
 
     Attributes:
-        encoder: registered encoder name, or ``module.path:factory``.
+        encoder: registered encoder name, ``module.path:factory``, or an encoder object (the
+            contract of :class:`embench.protocols.Encoder`, e.g. ``embench.TorchEncoder``),
+            used as constructed: the preset's budgets, ``seed`` and ``device`` do not reach
+            it, ``encoder_options`` must be empty, and its size is its ``embedding_dim``.
         task: registered task name.
         preset: ``smoke``, ``quick`` or ``paper``.
         z: embedding size; ``None`` takes the preset's first z for the task.
         seed: seed of encoder training and probe search.
         data_seed: seed of task data generation (fixed by default so seeds share data).
         device: ``auto``, ``cpu`` or ``cuda``.
-        precision: ``fp32`` or ``bf16`` (autocast), for encoders that train.
+        precision: ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 only where the device
+            computes it natively), for encoders that train; the record stores the resolved one.
         home: EMBENCH_HOME override.
         encoder_options: extra keyword config for the encoder (``--option k=v``).
         task_options: extra keyword config for the task (e.g. ``data_dir``).
         retrain: train the encoder even when a checkpoint exists.
     """
 
-    encoder: str
+    encoder: str | Any
     task: str
     preset: str = "quick"
     z: int | None = None
@@ -316,7 +321,7 @@ def check_run_config(config: RunConfig) -> tuple[Preset, Path, str]:
     if not isinstance(config.seed, int) or config.seed < 0:
         raise ConfigError(f"Invalid --seed {config.seed!r}: must be a non-negative integer.")
     device = str(resolve_device(config.device))  # records store the name
-    check_precision(config.precision)
+    check_precision(config.precision)  # "auto" is resolved by run() (records never say auto)
     return preset, home, device
 
 
@@ -324,8 +329,11 @@ def build_encoder(config: RunConfig, preset: Preset, home: Path, device: str,
                   task: Any) -> EncoderSetup:
     """Construct the encoder (so bad options fail before any data is generated).
 
-    Without ``--z`` the first z of the task's grid at this preset is used.
+    Without ``--z`` the first z of the task's grid at this preset is used. An encoder object
+    is used as it is (see :func:`_object_encoder`).
     """
+    if not isinstance(config.encoder, str):
+        return _object_encoder(config.encoder, config)
     info = get_plugin("encoder", config.encoder)
     factory = info.load()
     z = config.z if config.z is not None else task_z_sizes(task, preset)[0]
@@ -340,6 +348,40 @@ def build_encoder(config: RunConfig, preset: Preset, home: Path, device: str,
                   if callable(getattr(encoder, "evaluation_config", None)) else {})
     return EncoderSetup(info.name, info.value, info.distribution, factory, encoder, given,
                         int(z), evaluation)
+
+
+def _object_encoder(encoder: Any, config: RunConfig) -> EncoderSetup:
+    """Set up an encoder object: named by its ``name`` (else its class), sized by its dim.
+
+    Its spec is ``python:<module>.<qualname>`` of its class and it has no distribution. Its
+    class is the factory (so fitted objects are checkpointed) only when the object has
+    ``save``, the class ``load`` and the object a config (``get_config``/``get_params``) to
+    key the checkpoint; otherwise it is fitted on every run.
+    """
+    from embench.protocols import Encoder, missing_members
+
+    kind = type(encoder)
+    label = f"{kind.__module__}.{kind.__qualname__}"
+    missing = missing_members(encoder, Encoder)
+    if missing:
+        raise PluginError(f"The encoder object {label} lacks {', '.join(missing)} of the "
+                          f"encoder contract.",
+                          "Add them (see embench.protocols.Encoder), or wrap a torch module "
+                          "or a callable in embench.TorchEncoder.")
+    own = getattr(encoder, "name", None)
+    name = safe_name(own if isinstance(own, str) else kind.__name__.lower(), "encoder name")
+    if config.encoder_options:
+        raise ConfigError(f"Encoder options ({', '.join(config.encoder_options)}) configure "
+                          f"a factory, but {name!r} is an object, already constructed.",
+                          "Pass that config to its constructor instead.")
+    configured = any(callable(getattr(encoder, g, None)) for g in ("get_config", "get_params"))
+    storable = (callable(getattr(encoder, "save", None))
+                and callable(getattr(kind, "load", None)) and configured)
+    z = _fixed_size(encoder, name, config.z)
+    evaluation = (encoder.evaluation_config()
+                  if callable(getattr(encoder, "evaluation_config", None)) else {})
+    return EncoderSetup(name, f"python:{label}", None, kind if storable else None, encoder, {},
+                        z, evaluation)
 
 
 def embed_stage(
@@ -434,10 +476,17 @@ def protocol_fields(task_name: str, task: Any, data: TaskData, preset: Preset) -
 
 def write_run_outputs(home: Path, record: RunRecord, scores: ProbeScores, data: TaskData,
                       grid_file: str | None) -> Path:
-    """Write the grid and the predictions sidecar beside the record, then the record itself.
+    """Write the grid, the predictions sidecar and the show picture, then the record.
 
-    The record is written last: its presence means the run finished, sidecar included.
+    All lie beside the record, which is written last: its presence means the run finished,
+    sidecar included. The show picture (:mod:`embench.show`: the selected MLP's predictions
+    over test frames) is a convenience: when it cannot be drawn, a warning says why and the
+    run is kept without it.
     """
+    import warnings
+
+    from embench.show import draw_show, show_path
+
     out = path_of(home, record)
     home_dir(home, "results")
     if grid_file is not None:  # Fig. 6-style grid next to the record
@@ -446,12 +495,20 @@ def write_run_outputs(home: Path, record: RunRecord, scores: ProbeScores, data: 
             tmp.write_bytes(Path(grid_file).read_bytes())
         record.reconstruction = {**(record.reconstruction or {}), "grid": grid.name}
     test = data.splits[TEST]
-    sidecar = write_predictions(sidecar_path(out), Predictions(
+    predictions = Predictions(
         items=np.arange(len(test), dtype=np.int64), y_true=np.asarray(test.labels),
         predicted={k: np.asarray(v) for k, v in scores.predicted.items()},
         data_fingerprint=data.fingerprint,
-        groups=None if test.groups is None else np.asarray(test.groups)))
+        groups=None if test.groups is None else np.asarray(test.groups))
+    sidecar = write_predictions(sidecar_path(out), predictions)
     record.predictions = sidecar.name
+    try:
+        picture = draw_show(record, test.images, predictions, show_path(out))
+        record.pictures = {**(record.pictures or {}), "show": picture.path.name}
+    except Exception as exc:  # a picture never costs a finished run
+        warnings.warn(f"The show picture {show_path(out).name} was not drawn "
+                      f"({type(exc).__name__}: {exc}); the run is kept without it.",
+                      stacklevel=2)
     return write_record(home, record)
 
 
@@ -476,6 +533,8 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
     """
     timings: dict[str, float] = {}
     preset, home, device = check_run_config(config)
+    # the precision actually computed in (``auto``: bf16 only where the device is native)
+    config = dataclasses.replace(config, precision=resolve_precision(config.precision, device))
     task_name = get_plugin("task", config.task).name
     # constructing the task is cheap (its data comes later); the encoder needs its z grid
     task = load_task(config.task, config.task_options)
@@ -666,6 +725,12 @@ def verify_record(
     from embench.errors import DataError
 
     stored = {k: float(v) for k, v in record.test.items()}
+    if full and str(record.encoder_spec).startswith("python:"):
+        raise ConfigError(
+            f"This record's encoder was a Python object ({record.encoder_spec}, e.g. from "
+            "embench.evaluate), which a full rerun cannot rebuild from the record.",
+            "Verify without --full (the probe search on its cached embeddings), or evaluate "
+            "the same object again: the same weights give the same record.")
     if full:
         packaged = record.encoder_distribution != "(not packaged)"
         encoder = record.encoder if packaged else record.encoder_spec

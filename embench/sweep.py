@@ -109,7 +109,7 @@ class SweepSpec:
         address: Ray cluster address (``None``: start a local Ray instance).
         retry: times a failed job is tried again.
         device: ``auto``, ``cpu`` or ``cuda`` for every run.
-        precision: ``fp32`` or ``bf16``.
+        precision: ``fp32``, ``bf16`` or ``auto`` (resolved by each job on its device).
         home: EMBENCH_HOME (must be visible to every worker).
         out: where the leaderboard is published (default :data:`HOME_BOARD`:
             ``home/leaderboard``; ``None``: not published).
@@ -327,7 +327,7 @@ def thread_env(threads: int) -> dict[str, str]:
 def _worker_init(parent: int, threads: int) -> None:
     """Pool initializer: size the thread pools; exit when the driver dies (even by SIGKILL)."""
     os.environ.update(thread_env(threads))
-    exit_with_parent(parent)
+    exit_with_parent(parent, blas_threads=None)  # sized by the environment above
 
 
 class WorkerLost(Exception):

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from embench import __version__
+from embench.devices import resolve_precision
 from embench.errors import ConfigError, NotFittedError, StorageError
 from embench.faults import crash_point
 from embench.storage import atomic_path, fingerprint, resolve_home, sha256_arrays, write_json
@@ -560,7 +561,7 @@ class FourLayerCVAEEncoder:
         self.best_val_loss_ = result.best_val_loss
         self.train_seconds_ = result.train_seconds
         self.images_per_second_ = result.images_per_second
-        self.precision_ = self.precision
+        self.precision_ = resolve_precision(self.precision, device)  # "auto" resolved
         self.device_ = str(device)
         self.__dict__.pop("retrained_decoder_", None)
         self.__dict__.pop("decoder_retraining_", None)
@@ -936,7 +937,7 @@ class AE(FourLayerCVAEEncoder):
         lr: Adam learning rate.
         seed: seeds weight init, shuffling and (VAE) sampling noise.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        precision: ``"fp32"`` or ``"bf16"`` (autocast).
+        precision: ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"`` (bf16 where native).
         decoder_retraining: how :meth:`retrain_decoder` starts for Table VIII: ``"finetune"``
             (from the trained decoder, the default) or ``"reinitialize"`` (fresh weights).
             Not part of the encoder's identity: it changes no weight of the encoder.
@@ -965,7 +966,7 @@ class VAE(FourLayerCVAEEncoder):
         kld_weight: γ, the weight of the KL divergence term.
         seed: seeds weight init, shuffling and sampling noise.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        precision: ``"fp32"`` or ``"bf16"``.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (bf16 where native).
         decoder_retraining: how :meth:`retrain_decoder` starts for Table VIII: ``"finetune"``
             (from the trained decoder, the default) or ``"reinitialize"`` (fresh weights).
             Not part of the encoder's identity: it changes no weight of the encoder.
@@ -994,7 +995,7 @@ class PerceptualAE(FourLayerCVAEEncoder):
         lr: Adam learning rate.
         seed: seeds weight init and shuffling.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        precision: ``"fp32"`` or ``"bf16"``.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (bf16 where native).
         perceptual_network: torchvision network whose ``features`` give p (``"alexnet"``).
         perceptual_layer: p = ``features[:perceptual_layer]`` + Sigmoid.
         perceptual_weights: ``"imagenet"``, ``"random"`` or a path to a weights file.
@@ -1029,7 +1030,7 @@ class PerceptualVAE(FourLayerCVAEEncoder):
         kld_weight: γ, the weight of the KL divergence term.
         seed: seeds weight init, shuffling and sampling noise.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        precision: ``"fp32"`` or ``"bf16"``.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (bf16 where native).
         perceptual_network: torchvision network whose ``features`` give p (``"alexnet"``).
         perceptual_layer: p = ``features[:perceptual_layer]`` + Sigmoid.
         perceptual_weights: ``"imagenet"``, ``"random"`` or a path to a weights file.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,7 +20,36 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     """Every test gets its own EMBENCH_HOME, never the user's cache."""
     home = tmp_path_factory.mktemp("embench-home")
     monkeypatch.setenv("EMBENCH_HOME", str(home))
+    # `embench run` times a few training steps for its up-front estimate; the tests of the
+    # estimate turn it back on with --estimate
+    monkeypatch.setenv("EMBENCH_ESTIMATE", "0")
     return home
+
+
+@pytest.fixture(scope="session")
+def _smoke_lunarlander(tmp_path_factory):
+    """The smoke LunarLander data (data seed 0), generated once per test session."""
+    from embench.presets import get_preset
+    from embench.runner import prepare_task
+
+    home = tmp_path_factory.mktemp("smoke-lunarlander")
+    prepare_task("lunarlander", get_preset("smoke"), home)
+    return home / "datasets"
+
+
+@pytest.fixture
+def smoke_lunarlander(_smoke_lunarlander):
+    """Put the session's smoke LunarLander data into a home: ``smoke_lunarlander(home)``.
+
+    Tests whose subject is not data generation start from it instead of generating it again
+    (files are copied, so a test that damages its data damages only its own copy).
+    """
+
+    def seed(home: Path) -> Path:
+        shutil.copytree(_smoke_lunarlander, Path(home) / "datasets", dirs_exist_ok=True)
+        return Path(home)
+
+    return seed
 
 
 @pytest.fixture(scope="module")

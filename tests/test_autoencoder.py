@@ -1,5 +1,6 @@
 import copy
 import json
+import os
 import warnings
 from importlib.metadata import entry_points
 
@@ -25,7 +26,9 @@ from embench.encoders.autoencoder import (
 from embench.errors import ConfigError, NotFittedError
 
 Z = 8
-SMALL = {"z_dim": Z, "batch_size": 12, "device": "cpu"}
+# EMBENCH_TEST_DEVICE=cuda (benchmarks/gpu_check.sh) trains these encoders on the GPU
+DEVICE = os.environ.get("EMBENCH_TEST_DEVICE", "cpu")
+SMALL = {"z_dim": Z, "batch_size": 12, "device": DEVICE}
 RANDOM_P = {"perceptual_weights": "random"}
 
 
@@ -399,7 +402,7 @@ def test_training_lowers_the_loss(fitted, name):
     assert 1 <= encoder.best_epoch_ <= 3
     assert encoder.best_val_loss_ == min(row["val_loss"] for row in encoder.history_)
     assert encoder.images_per_second_ > 0 and encoder.train_seconds_ > 0
-    assert (encoder.precision_, encoder.device_) == ("fp32", "cpu")
+    assert (encoder.precision_, encoder.device_.split(":")[0]) == ("fp32", DEVICE)
     embeddings = encoder.encode(VAL)
     assert embeddings.shape == (len(VAL), Z) and embeddings.dtype == np.float32
     assert np.isfinite(embeddings).all()
@@ -487,7 +490,7 @@ def test_save_load_round_trip(tmp_path, fitted_vae):
     assert meta["class"] == "VAE" and meta["image_size"] == 64
     assert meta["training"]["n_epochs"] == 3
     for loader in (VAE, FourLayerCVAEEncoder):
-        loaded = loader.load(tmp_path / "vae", device="cpu")
+        loaded = loader.load(tmp_path / "vae", device=DEVICE)
         assert type(loaded) is VAE
         np.testing.assert_array_equal(loaded.encode(VAL), fitted_vae.encode(VAL))
         assert loaded.fingerprint == fitted_vae.fingerprint
@@ -547,7 +550,7 @@ def test_perceptual_encoder_records_its_network(tmp_path, fitted):
     assert stats["weights_source"] and len(stats["weights_sha256"]) == 64
     assert fitted("ae").training_stats()["perceptual"] is None
     encoder.save(tmp_path / "p_vae")
-    loaded = PerceptualVAE.load(tmp_path / "p_vae", device="cpu")
+    loaded = PerceptualVAE.load(tmp_path / "p_vae", device=DEVICE)
     assert loaded.perceptual_ == encoder.perceptual_
     assert loaded.fingerprint == encoder.fingerprint
 

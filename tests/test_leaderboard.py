@@ -14,7 +14,7 @@ from embench.leaderboard import (
     render_markdown,
     render_reconstruction_table,
 )
-from embench.results import SCHEMA_VERSION
+from embench.results import SCHEMA_VERSION, load_record
 from embench.storage import CODE_VERSION, fingerprint
 
 GOLDEN = Path(__file__).parent / "golden" / "leaderboard.md"
@@ -199,6 +199,25 @@ def test_an_older_record_of_the_same_cell_is_superseded_not_averaged():
     assert "1 seed(s) (0) · 1 run(s) (1 older record(s) of the same cells superseded)" in text
 
 
+def test_a_bf16_or_gpu_record_never_supersedes_or_averages_with_cpu_fp32():
+    """The same cell, protocol and seed in fp32 on a CPU, bf16 on a CPU, fp32 on cuda:1."""
+    fp32 = make_record("ae", 32, 0, 13.0, 14.0)
+    bf16 = {**make_record("ae", 32, 0, 20.0, 21.0), "precision": "bf16",
+            "created": "2026-11-26T12:00:00+00:00"}  # newer: would have won the cell before
+    bf16["fingerprints"] = {**bf16["fingerprints"], "run": "a-bf16-run-of-the-same-cell"}
+    gpu = {**make_record("ae", 32, 0, 30.0, 31.0), "device": "cuda:1"}
+    gpu["fingerprints"] = {**gpu["fingerprints"], "run": "a-gpu-run-of-the-same-cell"}
+    groups = group_records([fp32, bf16, gpu])
+    assert [(g.device, g.precision, len(g.records), g.superseded) for g in groups] == [
+        ("cpu", "bf16", 1, 0), ("cpu", "fp32", 1, 0), ("cuda", "fp32", 1, 0)]
+    assert groups[0].protocol == groups[1].protocol == groups[2].protocol
+    text = render_markdown([fp32, bf16, gpu])
+    assert "| 32 | **13.00** (paper 13.44) |" in text  # fp32 keeps its own cell
+    assert "| 32 | **20.00** (paper 13.44) |" in text and "| 32 | **30.00**" in text
+    assert "superseded" not in text and "3 protocols were found" in text
+    assert "device cpu · precision bf16" in text and "device cuda:1 · precision fp32" in text
+
+
 def _recon_group(records):
     (group,) = group_records(records)
     return group
@@ -335,3 +354,153 @@ def test_a_non_paper_task_gets_the_table_without_a_paper_column():
     assert list(rows) == ["AE", "P. AE", "my_ae"]  # paper types first, then the others
     assert rows["my_ae"] == ["16 (of 16)", "1", "0.0080", "0.0160", "**100%**"]
     assert rows["AE"][-1] == "50%"   # 0.008 / 0.016
+
+
+# -- tie groups, paired comparisons and run pictures (from the predictions sidecars) --------
+
+
+def _publish_with_predictions(home, encoder, z, seed, errors, sidecar=True, task="lunarlander"):
+    """Write make_record's record with a sidecar whose per-item errors are ``errors`` px."""
+    import numpy as np
+
+    from embench.results import (
+        Predictions,
+        RunRecord,
+        path_of,
+        sidecar_path,
+        write_predictions,
+        write_record,
+    )
+    from embench.tasks.lunarlander import LunarLanderTask
+
+    y_true = np.random.default_rng(0).uniform(-1, 1, (len(errors), 2))
+    angle = np.random.default_rng(100 + seed).uniform(0, 2 * np.pi, len(errors))
+    mlp = y_true + np.stack([np.cos(angle), np.sin(angle)], 1) * (errors / 32)[:, None]
+    predicted = {"mlp": mlp, "linear": mlp, "baseline": np.zeros_like(mlp)}
+    score = LunarLanderTask().score
+    data = make_record(encoder, z, seed, score(y_true, mlp), score(y_true, mlp),
+                       baseline=score(y_true, predicted["baseline"]), task=task)
+    record = RunRecord.from_dict(data)
+    path = path_of(home, record)
+    if sidecar:
+        write_predictions(sidecar_path(path), Predictions(
+            items=np.arange(len(errors)), y_true=y_true, predicted=predicted,
+            data_fingerprint=record.fingerprints["data"],
+            groups=np.repeat(np.arange(len(errors) // 10), 10)))
+        record.predictions = sidecar_path(path).name
+    return record, write_record(home, record)
+
+
+def _tie_board(tmp_path, sidecars=("p_vae", "vae", "ae", "pca"), task="lunarlander"):
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    best = 2.0 + np.abs(rng.normal(0, 1, 200))
+    noise = rng.normal(0.0, 1.0, 200)
+    errors = {"p_vae": best,
+              "vae": best + noise - noise.mean() + 0.02,      # a hair worse: tied
+              "ae": best + 6.0,                               # clearly worse
+              "pca": best + 8.0}
+    home = tmp_path / "home"
+    records = [_publish_with_predictions(home, e, 32, 0, v, sidecar=e in sidecars, task=task)[0]
+               for e, v in errors.items()]
+    return records, home / "results"
+
+
+def _row(text, probe_title, z):
+    block = text.split(probe_title)[1].split("trivial baseline")[0]
+    return next(line for line in block.splitlines() if line.startswith(f"| {z} |"))
+
+
+def test_cells_tied_with_the_best_are_marked_and_explained(tmp_path):
+    records, results = _tie_board(tmp_path)
+    text = render_markdown(records, results_dir=results)
+    row = _row(text, "for the MLPs", 32)
+    cells = dict(zip(["z", "AE", "VAE", "P. VAE", "PCA"], row.strip("| ").split(" | "),
+                     strict=True))
+    assert cells["P. VAE"].startswith("**")          # the best, bold
+    assert "†" in cells["VAE"]                        # not significantly worse: tied
+    assert "†" not in cells["AE"] and "†" not in cells["PCA"]
+    assert "†" in _row(text, "for the MLPs", "**Any**")
+    assert ("† not significantly different from the best cell of its row (bold)" in text
+            and "Paired cluster bootstrap over the 20 groups of test items" in text)
+    assert "Not tested" not in text
+
+
+def test_cells_without_predictions_are_not_marked_and_the_legend_says_so(tmp_path):
+    records, results = _tie_board(tmp_path, sidecars=("p_vae", "ae", "pca"))
+    text = render_markdown(records, results_dir=results)
+    assert "†" not in _row(text, "for the MLPs", 32).split(" | ")[2]  # VAE: not tested
+    assert "Not tested, no per-item predictions" in text and "VAE z=32" in text
+    # without the sidecars at hand nothing is tested and no legend is printed
+    assert "†" not in render_markdown(records)
+
+
+def test_paired_comparisons_follow_the_tables(tmp_path):
+    from embench.leaderboard import render_comparisons
+
+    records, results = _tie_board(tmp_path)
+    text = render_markdown(records, results_dir=results)
+    assert "**Paired comparisons on the same test items**" in text
+    lines = [line for line in text.splitlines() if line.startswith("| P. VAE vs VAE | 32 |")]
+    assert len(lines) == 2  # MLP and linear
+    assert "P. AE vs AE" not in text  # no P. AE records
+    section = render_comparisons(records, results_dir=results)
+    assert section.startswith("## Paired comparisons") and "| P. VAE vs VAE | 32 | MLP |" in section
+    assert render_comparisons(records, results_dir=tmp_path / "elsewhere") is None
+
+
+def test_a_run_picture_beside_its_record_is_linked(tmp_path):
+    records, results = _tie_board(tmp_path)
+    record_files = sorted((results / "lunarlander").glob("ae-*.json"))
+    picture = record_files[0].with_suffix(".show.png")
+    picture.write_bytes(b"\x89PNG")
+    text = render_markdown(records, results_dir=results)
+    assert f"Pictures of the runs: [ae z=32 seed 0](results/lunarlander/{picture.name})" in text
+
+
+def test_a_task_that_is_not_installed_leaves_the_cells_untested_and_says_why(tmp_path):
+    records, results = _tie_board(tmp_path, task="mytask")
+    text = render_markdown(records, results_dir=results)
+    assert "†" not in text.split("No cell could be tested")[0]
+    assert "No cell could be tested against the best of its row (†). Not tested: " in text
+    assert "need the task plugin 'mytask'" in text
+
+
+def test_linear_rows_are_tested_against_the_trivial_baseline(tmp_path):
+    import numpy as np
+
+    # _publish_with_predictions' targets, and the baseline's per-item error (it predicts 0)
+    y_true = np.random.default_rng(0).uniform(-1, 1, (200, 2))
+    baseline = np.linalg.norm(y_true, axis=1) * 32
+    home = tmp_path / "home"
+    records = [_publish_with_predictions(home, "p_ae", 32, 0, baseline / 4)[0],
+               _publish_with_predictions(home, "ae", 32, 0, baseline)[0],
+               _publish_with_predictions(home, "vae", 32, 0, baseline + 5)[0]]
+    text = render_markdown(records, results_dir=home / "results")
+    block = text.split("**The linear probes against the trivial baseline**")[1].split("\n\n**")[0]
+    rows = {line.split(" | ")[0].strip("| "): line for line in block.splitlines()
+            if line.startswith("| ") and "---" not in line and "encoder" not in line}
+    assert rows["P. AE"].endswith("| **beats it** |")
+    assert rows["AE"].endswith("| not different |") and "| 25.23 | 25.23 |" in rows["AE"]
+    assert rows["VAE"].endswith("| worse than it |") and "+5.00 px" in rows["VAE"]
+    assert "bootstrap over 20 groups of test items" in block
+    assert "against the trivial baseline" not in render_markdown(records)  # no sidecars: none
+
+
+def test_the_published_board_says_how_it_was_made_and_shows_its_notes(tmp_path):
+    from embench.leaderboard import publish
+
+    _, results = _tie_board(tmp_path)
+    out = tmp_path / "board"
+    out.mkdir()
+    (out / "NOTES.md").write_text("Our reading: P. VAE wins.\n")
+    text = publish(sorted(results.rglob("*.json")), out).read_text()
+    assert text.index("Our reading: P. VAE wins.") < text.index("## lunarlander")
+    assert "How these numbers were made" in text
+    assert "embench reproduce --task lunarlander --preset quick --seeds 1 --z 32\n" in text
+    assert "| P. VAE | 32 | 0 | 0 s | 0 s | 0 s | 0 s | 0 s | 0 s | – |" in text
+    assert "embench reproduce --task stl10 --preset quick --seeds 3" in text
+    # render_markdown alone (notebooks, the golden file) adds neither
+    assert "How these numbers were made" not in render_markdown(
+        [load_record(p) for p in sorted(results.rglob("*.json"))], results_dir=results)

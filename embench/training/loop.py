@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from embench.devices import autocast, bf16_is_native, check_precision, resolve_device
+from embench.devices import autocast, bf16_is_native, resolve_device, resolve_precision
 from embench.errors import ConfigError, EmbenchError
 from embench.progress import stage
 from embench.protocols import patience_for
@@ -261,8 +261,8 @@ def fit_module(
     if patience is None:
         patience = patience_for(max_epochs)
     _check_positive("patience", patience)
-    check_precision(precision)
     device = resolve_device(device)
+    precision = resolve_precision(precision, device)  # "auto": bf16 only where native
     val_batch_size = val_batch_size or 2 * batch_size
     generators = dict(generators or {})
     if precision == "bf16" and not bf16_is_native(device):
