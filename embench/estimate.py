@@ -38,12 +38,13 @@ from embench.registry import accepts_keyword
 from embench.runner import (
     EncoderSetup,
     RunConfig,
-    _encoder_config,
     build_encoder,
     check_run_config,
     load_task,
+    reconstruction_key,
+    training_key,
 )
-from embench.storage import fingerprint, safe_name
+from embench.storage import safe_name
 
 #: LunarLander frames generated per second by each worker process (45,000 frames in 69 s with
 #: 2 workers), plus the seconds it takes to start the worker pool.
@@ -281,7 +282,6 @@ def plan_run(config: RunConfig, *, measure: bool = True) -> RunPlan:
     from embench.cache import cache_path, embedding_key
     from embench.devices import resolve_precision
     from embench.registry import get_plugin
-    from embench.results import train_fingerprint
 
     preset, home, device = check_run_config(config)
     config = dataclasses.replace(config, precision=resolve_precision(config.precision, device))
@@ -299,9 +299,7 @@ def plan_run(config: RunConfig, *, measure: bool = True) -> RunPlan:
     storable = (callable(getattr(setup.encoder, "save", None))
                 and callable(getattr(setup.factory, "load", None)))
     if data_fp is not None:
-        encoder_config = _encoder_config(setup.encoder, {k: v for k, v in setup.given.items()
-                                                         if k != "home"})
-        train_key = train_fingerprint(setup.spec, encoder_config, data_fp)
+        _, train_key = training_key(setup, data_fp)
         if not config.retrain:
             plan.record = _finished_record(home, task_name, setup, config, preset, train_key,
                                            device)
@@ -378,7 +376,8 @@ def plan_run(config: RunConfig, *, measure: bool = True) -> RunPlan:
         probe_seconds))
     if callable(getattr(setup.encoder, "retrain_decoder", None)):
         stored = checkpoint_hit and checkpoint is not None and data_fp is not None and (
-            checkpoint / f"reconstruction-{_reconstruction_key(data_fp, preset, setup)}.json"
+            checkpoint / f"reconstruction-"
+            f"{reconstruction_key(data_fp, preset.decoder_epochs, setup.evaluation)}.json"
         ).exists()
         if stored:
             plan.stages.append(PlannedStage("decoder", "reuse the stored decoder retraining",
@@ -395,12 +394,6 @@ def plan_run(config: RunConfig, *, measure: bool = True) -> RunPlan:
                 "decoder", f"retrain the decoder alone, up to {preset.decoder_epochs} epochs "
                 "(Table VIII)", seconds))
     return plan
-
-
-def _reconstruction_key(data_fp: str, preset: Preset, setup: EncoderSetup) -> str:
-    """The key :func:`embench.runner.reconstruction_stage` stores its result under."""
-    return fingerprint("reconstruction", data_fp, preset.decoder_epochs,
-                       *([setup.evaluation] if setup.evaluation else []))[:16]
 
 
 def _data_stage(task: Any, sizes: _Sizes | None, stored: bool, task_name: str) -> PlannedStage:

@@ -218,6 +218,13 @@ def save_reconstruction_grid(rows: list[np.ndarray], path: Path, scale: int = 2)
         image.save(tmp, format="PNG")
 
 
+def reconstruction_key(data_fingerprint: str, decoder_epochs: int,
+                       evaluation: dict[str, Any] | None) -> str:
+    """The key Table VIII's result is stored under beside the encoder's checkpoint."""
+    return fingerprint("reconstruction", data_fingerprint, decoder_epochs,
+                       *([evaluation] if evaluation else []))[:16]
+
+
 def reconstruction_stage(
     encoder: Any, data: TaskData, preset: Preset, checkpoint: Path, progress: Any, log: Log,
     n_images: int = 8, evaluation: dict[str, Any] | None = None,
@@ -229,9 +236,7 @@ def reconstruction_stage(
     ``decoder_init``. The outcome is stored beside the encoder's checkpoint (keyed by the
     retraining budget, the evaluation settings and the test data), so a rerun reuses it.
     """
-    evaluation = evaluation or {}
-    key = fingerprint("reconstruction", data.fingerprint, preset.decoder_epochs,
-                      *([evaluation] if evaluation else []))[:16]
+    key = reconstruction_key(data.fingerprint, preset.decoder_epochs, evaluation)
     stored = checkpoint / f"reconstruction-{key}.json"
     grid = checkpoint / f"reconstruction-{key}.png"
     if stored.exists() and grid.exists():
@@ -382,6 +387,13 @@ def _object_encoder(encoder: Any, config: RunConfig) -> EncoderSetup:
                   if callable(getattr(encoder, "evaluation_config", None)) else {})
     return EncoderSetup(name, f"python:{label}", None, kind if storable else None, encoder, {},
                         z, evaluation)
+
+
+def training_key(setup: EncoderSetup, data_fingerprint: str) -> tuple[dict[str, Any], str]:
+    """The encoder's recorded config and the training fingerprint that keys its checkpoint."""
+    encoder_config = _encoder_config(setup.encoder,
+                                     {k: v for k, v in setup.given.items() if k != "home"})
+    return encoder_config, train_fingerprint(setup.spec, encoder_config, data_fingerprint)
 
 
 def embed_stage(
@@ -552,9 +564,7 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
             return RunOutcome(load_record(on_board), on_board, False, False, record_hit=True,
                               on_board=True)
 
-    encoder_config = _encoder_config(setup.encoder,
-                                     {k: v for k, v in setup.given.items() if k != "home"})
-    train_key = train_fingerprint(setup.spec, encoder_config, data.fingerprint)
+    encoder_config, train_key = training_key(setup, data.fingerprint)
     start = time.perf_counter()
     encoder, checkpoint_hit, training = fit_or_load_encoder(
         setup.factory, setup.name, setup.encoder, train_key, data, home, config.retrain,
