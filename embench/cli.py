@@ -16,6 +16,7 @@ from rich.table import Table
 from embench import __version__
 from embench.devices import DEVICES, PRECISIONS
 from embench.errors import EmbenchError
+from embench.presets import PRESETS
 
 if TYPE_CHECKING:  # the CLI imports heavy modules only inside the commands that need them
     from embench.results import RunRecord
@@ -85,7 +86,7 @@ home_option = click.option(
     "--home", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Storage root (default: $EMBENCH_HOME or the user cache dir).")
 preset_option = click.option(
-    "--preset", default="quick", show_default=True, metavar="[smoke|quick|paper]",
+    "--preset", default="quick", show_default=True, metavar="[smoke|demo|quick|paper]",
     help="Sizes and epoch budgets; never changes the protocol.")
 data_dir_option = click.option(
     "--data-dir", type=click.Path(path_type=Path), default=None,
@@ -339,7 +340,8 @@ def _fmt_metric(name: str, value: float) -> str:
 
 @main.command("demo")
 @click.option("--ae-epochs", type=click.IntRange(min=1), default=None,
-              help="Epochs of the briefly trained ae and p_ae [default: 15].")
+              help="Epochs of the briefly trained ae and p_ae "
+              f"[default: {PRESETS['demo'].autoencoder_epochs}].")
 @click.option("--rollouts", type=SizeList(), default=None, metavar="UNALTERED,ALTERED",
               help="LunarLander rollouts; fewer is faster and noisier [default: 12,20].")
 @click.option("--frames", type=click.IntRange(min=1), default=None,
@@ -349,7 +351,7 @@ def _fmt_metric(name: str, value: float) -> str:
 @handle_errors
 def demo_command(ae_epochs: int | None, rollouts: tuple[int, ...] | None, frames: int | None,
                  device: str, home: Path | None) -> None:
-    """A few minutes' comparison on LunarLander: pca, untrained ae, ae and p_ae trained briefly.
+    """A two-minute comparison on LunarLander: pca, untrained ae, ae and p_ae trained briefly.
 
     Real runs on a small set, recorded in EMBENCH_HOME (a second demo reuses them); then the
     table, and how to run the full thing.
@@ -368,7 +370,7 @@ def demo_command(ae_epochs: int | None, rollouts: tuple[int, ...] | None, frames
     console = _console()
     console.print("embench demo: pca, an untrained ae, and the pixel-wise ae and perceptual "
                   "p_ae trained briefly, each embedded and probed on a small LunarLander set; "
-                  "a few minutes on a 2-core CPU the first time, instant once cached.",
+                  "about two minutes on a 2-core CPU the first time, instant once cached.",
                   soft_wrap=True)
     with make_progress(err_console) as progress:
         outcome = run_demo(
@@ -448,7 +450,7 @@ def reproduce_command(task: str, preset: str, seeds: int, z_sizes: tuple[int, ..
 @z_sizes_option("each task's grid in the preset")
 @click.option("--seeds", type=click.IntRange(min=1), default=None,
               help="Number of seeds, 0..N-1 [default: 1].")
-@click.option("--preset", default=None, metavar="[smoke|quick|paper]",
+@click.option("--preset", default=None, metavar="[smoke|demo|quick|paper]",
               help="Sizes and epoch budgets [default: quick].")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
               help="local: a process pool on this machine; ray: Ray tasks [default: local].")
@@ -606,7 +608,7 @@ def verify_command(record_path: Path, full: bool, tolerance: float | None,
               help="The task whose records an encoder name stands for (needed with names).")
 @click.option("--z", type=click.IntRange(min=1), default=None,
               help="With names: only records of this z.")
-@click.option("--preset", default=None, metavar="[smoke|quick|paper]",
+@click.option("--preset", default=None, metavar="[smoke|demo|quick|paper]",
               help="With names: only records of this preset.")
 @click.option("--probe", "--metric", "probe", type=click.Choice(["mlp", "linear",
               "least_squares"]), default="mlp", show_default=True,

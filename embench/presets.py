@@ -1,7 +1,8 @@
 """Presets scale epochs and batches, never the protocol; tasks say their own sizes.
 
 ``paper`` is the paper's protocol; ``quick`` finishes one encoder on a 2-core CPU in minutes
-while still separating perceptual from pixel-wise encoders on LunarLander; ``smoke`` takes
+while still separating perceptual from pixel-wise encoders on LunarLander; ``demo`` is
+``embench demo``'s small set (LunarLander only; a few minutes for four encoders); ``smoke`` takes
 seconds and exists for tests.
 
 A preset holds only generic budgets. Each task declares, per preset name, its own sizes
@@ -12,7 +13,8 @@ read them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -50,6 +52,8 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(name="smoke", autoencoder_epochs=2, probe_epochs=15, decoder_epochs=2),
+    # embench demo's: quick's probe budget, few autoencoder epochs, one decoder epoch
+    "demo": Preset(name="demo", autoencoder_epochs=6, probe_epochs=300, decoder_epochs=1),
     "quick": Preset(name="quick", autoencoder_epochs=15, probe_epochs=300, decoder_epochs=5),
     "paper": Preset(name="paper", autoencoder_epochs=50, probe_epochs=500, decoder_epochs=50),
 }
@@ -65,6 +69,39 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise UnknownNameError("preset", name, PRESETS) from None
+
+
+@contextlib.contextmanager
+def registered(preset: Preset) -> Iterator[Preset]:
+    """Make ``preset`` the one its name stands for while the block runs.
+
+    Runs look presets up by name; ``embench demo`` with its own sizes and ``verify --full`` of
+    such a record register theirs this way.
+
+    Example:
+        >>> with registered(Preset("tiny", 1, 1, 1, overrides={"lunarlander": {...}})):
+        ...     run(RunConfig(encoder="pca", task="lunarlander", preset="tiny"))  # doctest: +SKIP
+    """
+    before = PRESETS.get(preset.name)
+    PRESETS[preset.name] = preset
+    try:
+        yield preset
+    finally:
+        if before is None:
+            PRESETS.pop(preset.name, None)
+        else:
+            PRESETS[preset.name] = before
+
+
+def preset_from_record(config: Mapping[str, Any]) -> Preset | None:
+    """The :class:`Preset` a record's ``preset_config`` describes.
+
+    Returns ``None`` when it cannot be rebuilt (records before 0.3.0 carried other keys).
+    """
+    try:
+        return Preset(**{**dict(config), "overrides": dict(config.get("overrides") or {})})
+    except TypeError:
+        return None
 
 
 def _preset_name(preset: Preset | str) -> str:

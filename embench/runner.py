@@ -6,6 +6,7 @@ result record. Every stage whose output exists with the right fingerprint is ski
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import inspect
@@ -23,7 +24,15 @@ from embench.cache import DEFAULT_BATCH as EMBED_BATCH
 from embench.cache import cache_path, embed_splits, embedding_key, read_cache, write_cache
 from embench.devices import check_precision, resolve_device, resolve_precision
 from embench.errors import ConfigError, EmbenchError, PluginError
-from embench.presets import Preset, get_preset, task_sizes, task_z_sizes
+from embench.presets import (
+    PRESETS,
+    Preset,
+    get_preset,
+    preset_from_record,
+    registered,
+    task_sizes,
+    task_z_sizes,
+)
 from embench.protocols import (
     AUTOENCODER_TRAIN,
     AUTOENCODER_VAL,
@@ -745,10 +754,18 @@ def verify_record(
         packaged = record.encoder_distribution != "(not packaged)"
         encoder = record.encoder if packaged else record.encoder_spec
         factory = get_plugin("encoder", encoder).load()
-        hint_keys = {"z_dim", "seed", "max_epochs", "batch_size", "device", "precision", "home"}
+        # z, seed, device and precision come from the record's own fields; the training
+        # budget is passed as recorded, since a run may have set it apart from its preset
+        # (embench demo trains its autoencoders at batch 64)
+        hint_keys = {"z_dim", "seed", "device", "precision", "home"}
         options = {k: v for k, v in {**record.encoder_config, **record.evaluation_config}.items()
                    if k not in hint_keys and k in inspect.signature(factory).parameters}
-        with tempfile.TemporaryDirectory(prefix="embench-verify-") as tmp:
+        # a preset with its own sizes (embench demo --rollouts) is rebuilt from the record
+        preset = preset_from_record(record.preset_config)
+        known = PRESETS.get(record.preset)
+        own = preset is not None and preset.name == record.preset and preset != known
+        with (registered(preset) if own else contextlib.nullcontext(),
+              tempfile.TemporaryDirectory(prefix="embench-verify-") as tmp):
             outcome = run(RunConfig(
                 encoder=encoder, encoder_options=options, task=record.task,
                 preset=record.preset, z=record.z_dim, seed=record.seed,

@@ -372,11 +372,12 @@ class LunarLanderTask:
     #: Rollouts and frames per rollout at each preset (Table I: 700 + 700 rollouts of 150).
     PRESET_SIZES = {
         "smoke": {"unaltered_rollouts": 4, "altered_rollouts": 6, "frames": 150},
+        "demo": {"unaltered_rollouts": 12, "altered_rollouts": 20, "frames": 150},
         "quick": {"unaltered_rollouts": 120, "altered_rollouts": 180, "frames": 150},
         "paper": {"unaltered_rollouts": 700, "altered_rollouts": 700, "frames": 150},
     }
     #: The z grid at each preset (the paper's: 32, 64, 128, 256).
-    Z_SIZES = {"smoke": (8,), "quick": (64,), "paper": (32, 64, 128, 256)}
+    Z_SIZES = {"smoke": (8,), "demo": (64,), "quick": (64,), "paper": (32, 64, 128, 256)}
 
     def __init__(self, workers: int | None = None) -> None:
         self.workers = workers

@@ -11,10 +11,11 @@ from rich.progress import Progress
 
 import embench.estimate
 from embench.cli import main
-from embench.demo import UntrainedAE, demo_entries, untrained_ae
+from embench.demo import UntrainedAE, demo_entries, demo_preset, untrained_ae
 from embench.errors import ConfigError, WeightsError
 from embench.presets import PRESETS
 from embench.progress import LineProgress, format_seconds, make_progress, stage
+from embench.results import load_record
 from embench.runner import RunConfig
 from embench.testing import check_encoder
 from embench.training.loop import fit_module
@@ -209,9 +210,16 @@ def test_demo_runs_end_to_end_then_reuses_everything(tmp_path, monkeypatch):
     assert "best MLP probe:" in out and "make demo" in out and "embench reproduce" in out
     assert "embench leaderboard --home" in out
     assert "train ae: epoch 1/1" in result.stderr
-    assert "demo" not in PRESETS  # registered only while the demo runs
+    assert PRESETS["demo"] == demo_preset()  # its own sizes were registered only meanwhile
     records = sorted((tmp_path / "results" / "lunarlander").glob("*-demo-*.json"))
     assert [r.name.split("-z")[0] for r in records] == ["ae", "pca", "untrained_ae"]
+    # a full rerun rebuilds the demo's sizes and the ae's batch of 64 from the record
+    record = load_record(records[0])
+    assert record.preset_config["overrides"]["lunarlander"]["frames"] == 50
+    assert record.encoder_config["batch_size"] == 64
+    verified = CliRunner().invoke(main, ["verify", str(records[0]), "--full"])
+    assert verified.exit_code == 0, verified.output
+    assert "match" in verified.stdout
 
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0, again.output
