@@ -7,7 +7,9 @@ two backward passes), matrix products, BatchNorm, activations and losses, the op
 copies and allocation, and the rest. For each kind it prints the share of the step, the
 milliseconds per step and, where the profiler counts FLOPs (convolutions and matrix products),
 the rate achieved against a matmul peak measured in the same run: the kernels that hold the
-step below the peak, and what each costs.
+step below the peak, and what each costs. FLOPs come from ``torch.utils.flop_counter`` over one
+step (it counts the convolutions' backward passes, which the profiler does not); the
+profiler's own overhead makes the step somewhat slower than ``train_throughput.py`` reports.
 
 Perceptual networks use random AlexNet weights (same cost as ImageNet weights, no download).
 
@@ -27,7 +29,8 @@ import numpy as np
 import torch
 from benchlib import MatmulPeak, machine_note, resolve_device
 from torch.profiler import ProfilerActivity, profile
-from train_throughput import EmbenchStep, StraightforwardLoop
+from torch.utils.flop_counter import FlopCounterMode
+from train_throughput import EmbenchStep
 
 # (kind, substrings of an aten operator's name), first match wins; order matters.
 KINDS: list[tuple[str, tuple[str, ...]]] = [
@@ -36,14 +39,15 @@ KINDS: list[tuple[str, tuple[str, ...]]] = [
                       "cudnn_convolution")),
     ("matmul (linear layers, 1x1 transposed conv)", ("addmm", "mm", "bmm", "matmul", "linear")),
     ("BatchNorm (forward + backward)", ("batch_norm",)),
-    ("activations, pooling, losses", ("relu", "threshold", "sigmoid", "leaky", "max_pool",
+    ("activations, pooling, losses", ("relu", "clamp_min", "threshold", "sigmoid", "leaky",
+                                      "max_pool",
                                       "mse_loss", "l1_loss", "exp", "pow", "mean", "sum")),
     ("Adam step (foreach)", ("_foreach",)),
     ("copies, casts, layout changes", ("copy_", "_to_copy", "contiguous", "clone", "permute",
                                        "to_dense", "cat", "index", "gather")),
     ("allocation and zeroing", ("empty", "zero_", "fill_", "zeros", "resize_")),
 ]
-OTHER = "other element-wise and bookkeeping"
+OTHER = "other element-wise (Adam's update, ...)"
 
 
 def kind_of(name: str) -> str:
@@ -54,16 +58,30 @@ def kind_of(name: str) -> str:
     return OTHER
 
 
-def profile_steps(step, steps: int) -> tuple[dict[str, float], dict[str, float], float]:
-    """Self CPU (or CUDA) seconds and FLOPs per kind over ``steps`` steps; and the wall time."""
+def step_flops_by_kind(step) -> dict[str, float]:
+    """FLOPs of one step per kind, from ``torch.utils.flop_counter`` (which, unlike the
+    profiler, also counts the convolutions' backward passes)."""
+    flops: dict[str, float] = defaultdict(float)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    for op, count in counter.get_flop_counts().get("Global", {}).items():
+        name = str(op).split(".")[1] if str(op).startswith("aten.") else str(op)
+        flops[kind_of(name)] += float(count)
+    return flops
+
+
+def profile_steps(step, steps: int) -> tuple[dict[str, float], dict[str, dict[str, float]],
+                                               float]:
+    """Self CPU (or CUDA) seconds per kind and per operator of each kind over ``steps`` steps;
+    and the wall time."""
     import time
 
     seconds: dict[str, float] = defaultdict(float)
-    flops: dict[str, float] = defaultdict(float)
+    by_op: dict[str, dict[str, float]] = defaultdict(dict)
     activities = [ProfilerActivity.CPU]
     if torch.cuda.is_available():
         activities.append(ProfilerActivity.CUDA)
-    with profile(activities=activities, with_flops=True) as prof:
+    with profile(activities=activities) as prof:
         start = time.perf_counter()
         for _ in range(steps):
             step()
@@ -73,9 +91,10 @@ def profile_steps(step, steps: int) -> tuple[dict[str, float], dict[str, float],
             continue
         kind = kind_of(event.key)
         device_time = getattr(event, "self_device_time_total", 0) or 0
-        seconds[kind] += (device_time or event.self_cpu_time_total) / 1e6
-        flops[kind] += float(event.flops or 0)
-    return seconds, flops, wall
+        spent = (device_time or event.self_cpu_time_total) / 1e6
+        seconds[kind] += spent
+        by_op[kind][event.key.split("::")[-1]] = spent
+    return seconds, by_op, wall
 
 
 def main() -> int:
@@ -95,9 +114,9 @@ def main() -> int:
         for name in args.models.split(","):
             step = EmbenchStep(name, images, "fp32", device, Path(scratch)).step
             step()  # warm-up: first-call costs are not the steady state
-            counted = StraightforwardLoop(name, images[:64], 64, device).count_flops()
-            step_flops = counted * args.batch_size / 64
-            seconds, flops, wall = profile_steps(step, args.steps)
+            flops = step_flops_by_kind(step)
+            step_flops = sum(flops.values())
+            seconds, by_op, wall = profile_steps(step, args.steps)
             for _ in range(3):
                 peak.measure()
             total = sum(seconds.values())
@@ -107,15 +126,18 @@ def main() -> int:
                   f"{step_flops / 1e9:.1f} GFLOP a step = {step_flops / per_step / 1e9:.0f} "
                   f"GFLOP/s, {100 * step_flops / per_step / 1e9 / peak.peak:.0f}% of the "
                   f"matmul peak ({peak.peak:.0f} GFLOP/s)")
-            header = f"  {'kind':<46} {'share':>6} {'ms/step':>8} {'GFLOP/s':>8} {'of peak':>8}"
+            header = (f"  {'kind':<46} {'share':>6} {'ms/step':>8} {'GFLOP/s':>8} "
+                      f"{'of peak':>8}  largest operators")
             print(header)
             print("  " + "-" * (len(header) - 2))
             for kind, spent in sorted(seconds.items(), key=lambda kv: -kv[1]):
-                rate = flops[kind] / spent / 1e9 if flops[kind] and spent else None
+                rate = flops[kind] * args.steps / spent / 1e9 if flops[kind] and spent else None
                 print(f"  {kind:<46} {100 * spent / total:5.1f}% "
                       f"{1000 * spent / args.steps:8.1f} "
                       f"{'-' if rate is None else f'{rate:.0f}':>8} "
-                      f"{'-' if rate is None else f'{100 * rate / peak.peak:.0f}%':>8}")
+                      f"{'-' if rate is None else f'{100 * rate / peak.peak:.0f}%':>8}  "
+                      + ", ".join(op for op, _ in sorted(by_op[kind].items(),
+                                                         key=lambda kv: -kv[1])[:3]))
     return 0
 
 
