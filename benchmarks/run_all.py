@@ -26,6 +26,8 @@ BENCHMARKS: list[tuple[str, list[str], str]] = [
     ("train_throughput.py", ["--quick", "--rounds", "5", "--device", "{device}"],
      "ae and p_ae at 64 px, batch 512, 5 rounds (3 gave 1.23-1.51x for ae from run to run); "
      "bf16 one small step (emulated on most CPUs)"),
+    ("train_profile.py", ["--models", "ae,p_ae", "--steps", "2", "--device", "{device}"],
+     "where an fp32 training step's time goes (kernels by kind, share, GFLOP/s, % of peak)"),
     ("probe_search.py", ["--epochs", "8", "--device", "{device}"],
      "full grid on 50,000 x 64, 8 epochs; on CPU the baseline on 1 torch thread (its "
      "fastest), search_probes called at torch's default (families side by side)"),
