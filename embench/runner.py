@@ -354,6 +354,15 @@ def build_encoder(config: RunConfig, preset: Preset, home: Path, device: str,
     hints = {"z_dim": z, "seed": config.seed, "max_epochs": preset.autoencoder_epochs,
              "batch_size": preset.batch_size, "device": device, "precision": config.precision,
              "home": home}
+    option_z = config.encoder_options.get("z_dim")
+    if option_z is not None:  # -o z_dim=N: the run is filed under N, as with --z N
+        if config.z is not None and option_z != config.z:
+            raise ConfigError(f"--z {config.z} and the encoder option z_dim={option_z} "
+                              "disagree.", "Give the size once, with --z.")
+        if isinstance(option_z, bool) or not isinstance(option_z, int) or option_z < 1:
+            raise ConfigError(f"Invalid encoder option z_dim={option_z!r}: must be a positive "
+                              "integer.", "Give the size with --z N.")
+        z = option_z
     encoder, given = instantiate(factory, info.name, "encoder", hints, config.encoder_options)
     if "z_dim" not in given:  # a fixed-size encoder: its runs are filed under its real size
         z = _fixed_size(encoder, info.name, config.z)

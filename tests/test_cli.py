@@ -121,6 +121,21 @@ def test_decoder_retraining_option_reuses_the_encoder_and_is_recorded(runner, tm
     assert "checkpoint hit" not in bad.output
 
 
+def test_a_z_dim_option_files_the_run_under_that_size(runner, tmp_path, smoke_lunarlander):
+    """-o z_dim=N sizes the encoder, so the record is filed under N (as --z N would)."""
+    home = smoke_lunarlander(tmp_path)
+    args = ["run", "-e", "pca", "-t", "lunarlander", "--preset", "smoke", "--home", str(home)]
+    result = runner.invoke(main, [*args, "-o", "z_dim=4"])
+    assert result.exit_code == 0, result.output
+    (path,) = (home / "results" / "lunarlander").glob("*.json")
+    record = json.loads(path.read_text())
+    assert path.name.startswith("pca-z4-") and record["z_dim"] == record["embedding_dim"] == 4
+    _one_line_error(runner.invoke(main, [*args, "--z", "8", "-o", "z_dim=4"]),
+                    "--z 8 and the encoder option z_dim=4 disagree")
+    _one_line_error(runner.invoke(main, [*args, "-o", "z_dim=four"]),
+                    "Invalid encoder option z_dim='four'")
+
+
 def test_data_command_prepares_task(runner, tmp_path):
     result = runner.invoke(main, ["data", "lunarlander", "--preset", "smoke", "--home",
                                   str(tmp_path)])
