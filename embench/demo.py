@@ -333,7 +333,7 @@ def closing_lines(outcome: DemoOutcome, home: Path | None = None) -> list[str]:
     home_flag = f" --home {home}" if home is not None else ""
     lines += [
         "the full thing (same protocol, the paper's perceptual VAE, a quick-sized set):",
-        f"  make demo    runs {FULL_RUN} (about 15 min on a 2-core CPU, minutes on a GPU)",
+        f"  make demo    runs {FULL_RUN} (about 25 min on a 2-core CPU, minutes on a GPU)",
         f"  {REPRODUCE}    the paper's four autoencoders, published to ./leaderboard",
         f"  embench leaderboard{home_flag}    publishes every record of this home",
     ]
