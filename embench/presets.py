@@ -2,8 +2,8 @@
 
 ``paper`` is the paper's protocol; ``quick`` finishes one encoder on a 2-core CPU in minutes
 while still separating perceptual from pixel-wise encoders on LunarLander; ``demo`` is
-``embench demo``'s small set (LunarLander only; a few minutes for four encoders); ``smoke`` takes
-seconds and exists for tests.
+``embench demo``'s small set (LunarLander only; about two minutes for four encoders);
+``smoke`` takes seconds and exists for tests.
 
 A preset holds only generic budgets. Each task declares, per preset name, its own sizes
 (``PRESET_SIZES``: rollouts, images per split, ...) and z grid (``Z_SIZES``), so a third-party
