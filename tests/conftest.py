@@ -120,3 +120,28 @@ def svhn_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("svhn")
     write_svhn(root)
     return root
+
+
+@pytest.fixture
+def one_line_error():
+    """``check(result, *needles)``: a CLI call failed with one error line holding every needle.
+
+    It asserts a non-zero exit, no traceback, exactly one line on stderr containing each needle,
+    and returns that line. With ``after_progress=True`` progress lines may come first: the error
+    (the one line saying ``Error``) must then be the last line.
+    """
+
+    def check(result, *needles, after_progress=False):
+        assert result.exit_code != 0
+        assert "Traceback" not in result.output
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        if after_progress:
+            errors = [line for line in lines if "Error" in line]
+            assert len(errors) == 1 and errors[0] == lines[-1], result.stderr
+        else:
+            assert len(lines) == 1, result.stderr
+        for needle in needles:
+            assert needle in lines[-1]
+        return lines[-1]
+
+    return check

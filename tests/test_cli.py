@@ -11,16 +11,6 @@ def runner():
     return CliRunner()
 
 
-def _one_line_error(result, *needles):
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    for needle in needles:
-        assert needle in lines[0]
-    return lines[0]
-
-
 def test_list_shows_builtins_with_distribution(runner):
     result = runner.invoke(main, ["list"])
     assert result.exit_code == 0, result.output
@@ -28,17 +18,17 @@ def test_list_shows_builtins_with_distribution(runner):
         assert name in result.output
 
 
-def test_unknown_encoder_is_one_clear_line(runner):
+def test_unknown_encoder_is_one_clear_line(runner, one_line_error):
     result = runner.invoke(main, ["run", "--encoder", "nope", "--task", "lunarlander",
                                   "--preset", "smoke"])
-    _one_line_error(result, "Unknown encoder 'nope'", "Available:", "pca")
+    one_line_error(result, "Unknown encoder 'nope'", "Available:", "pca")
 
 
-def test_unknown_task_and_preset(runner):
+def test_unknown_task_and_preset(runner, one_line_error):
     result = runner.invoke(main, ["run", "-e", "pca", "-t", "lunarlandr", "--preset", "smoke"])
-    _one_line_error(result, "Did you mean 'lunarlander'?")
+    one_line_error(result, "Did you mean 'lunarlander'?")
     result = runner.invoke(main, ["run", "-e", "pca", "-t", "lunarlander", "--preset", "fast"])
-    _one_line_error(result, "Unknown preset 'fast'", "smoke")
+    one_line_error(result, "Unknown preset 'fast'", "smoke")
 
 
 @pytest.mark.parametrize("z", ["0", "-3", "abc"])
@@ -89,7 +79,8 @@ def test_smoke_run_twice_reuses_checkpoint_and_embeddings(runner, tmp_path, monk
     assert len(record["probes"]["candidates"]) == 20  # linear, least squares, 18 MLPs
 
 
-def test_decoder_retraining_option_reuses_the_encoder_and_is_recorded(runner, tmp_path):
+def test_decoder_retraining_option_reuses_the_encoder_and_is_recorded(runner, tmp_path,
+                                                                     one_line_error):
     """-o decoder_retraining=... keys the run and Table VIII's result, not the checkpoint."""
     args = ["run", "-e", "ae", "-t", "lunarlander", "--preset", "smoke", "--z", "4",
             "--home", str(tmp_path)]
@@ -117,11 +108,12 @@ def test_decoder_retraining_option_reuses_the_encoder_and_is_recorded(runner, tm
     assert set(fine["test"]) == {"mlp", "linear", "baseline", "least_squares"}
     assert fine["probes"]["best_linear"] == "linear"
     bad = runner.invoke(main, [*args, "-o", "decoder_retraining=fresh"])  # refused up front
-    _one_line_error(bad, "decoder_retraining", "'finetune', 'reinitialize'")
+    one_line_error(bad, "decoder_retraining", "'finetune', 'reinitialize'")
     assert "checkpoint hit" not in bad.output
 
 
-def test_a_z_dim_option_files_the_run_under_that_size(runner, tmp_path, smoke_lunarlander):
+def test_a_z_dim_option_files_the_run_under_that_size(runner, tmp_path, smoke_lunarlander,
+                                                      one_line_error):
     """-o z_dim=N sizes the encoder, so the record is filed under N (as --z N would)."""
     home = smoke_lunarlander(tmp_path)
     args = ["run", "-e", "pca", "-t", "lunarlander", "--preset", "smoke", "--home", str(home)]
@@ -130,9 +122,9 @@ def test_a_z_dim_option_files_the_run_under_that_size(runner, tmp_path, smoke_lu
     (path,) = (home / "results" / "lunarlander").glob("*.json")
     record = json.loads(path.read_text())
     assert path.name.startswith("pca-z4-") and record["z_dim"] == record["embedding_dim"] == 4
-    _one_line_error(runner.invoke(main, [*args, "--z", "8", "-o", "z_dim=4"]),
+    one_line_error(runner.invoke(main, [*args, "--z", "8", "-o", "z_dim=4"]),
                     "--z 8 and the encoder option z_dim=4 disagree")
-    _one_line_error(runner.invoke(main, [*args, "-o", "z_dim=four"]),
+    one_line_error(runner.invoke(main, [*args, "-o", "z_dim=four"]),
                     "Invalid encoder option z_dim='four'")
 
 
@@ -258,8 +250,9 @@ def test_device_precision_and_data_options_are_shared():
     assert option("run", "device").default == "auto"
 
 
-def test_no_download_names_the_missing_files_without_network(runner, tmp_path):
+def test_no_download_names_the_missing_files_without_network(runner, tmp_path,
+                                                             one_line_error):
     result = runner.invoke(main, ["data", "svhn", "--no-download", "--home", str(tmp_path),
                                   "--data-dir", str(tmp_path / "none")])
-    _one_line_error(result, "SVHN files not found", "train_32x32.mat", "Downloading is off")
+    one_line_error(result, "SVHN files not found", "train_32x32.mat", "Downloading is off")
     assert not list((tmp_path / "datasets" / "svhn").glob(".partial-download-*"))

@@ -249,15 +249,6 @@ def test_a_side_is_one_encoder_with_one_record_per_seed(home):
 # -- the command line ----------------------------------------------------------------------
 
 
-def _one_line_error(result, *needles):
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    for needle in needles:
-        assert needle in lines[0]
-
-
 def test_cli_prints_the_table_and_the_verdict(home):
     for seed in (0, 1):
         write_run(home, "p_ae", seed, _errors(3.0, seed=seed))
@@ -282,21 +273,21 @@ def test_cli_json_parses_and_record_files_work(home):
     assert data["pooled"]["diff"] == 0 and "not significantly different" in data["verdict"]
 
 
-def test_cli_refuses_mismatched_test_data_in_one_line(home):
+def test_cli_refuses_mismatched_test_data_in_one_line(home, one_line_error):
     a = write_run(home, "p_ae", 0, _errors())
     b = write_run(home, "ae", 0, _errors(), data="data-lunarlander-other")
     result = CliRunner().invoke(main, ["compare", str(a), str(b)])
-    _one_line_error(result, "different test data")
+    one_line_error(result, "different test data")
 
 
-def test_cli_needs_two_encoders_and_a_task_for_names(home):
+def test_cli_needs_two_encoders_and_a_task_for_names(home, one_line_error):
     write_run(home, "p_ae", 0, _errors())
     runner = CliRunner()
-    _one_line_error(runner.invoke(main, ["compare", "p_ae", "ae", "--home", str(home)]),
+    one_line_error(runner.invoke(main, ["compare", "p_ae", "ae", "--home", str(home)]),
                     "--task is needed")
-    _one_line_error(runner.invoke(main, ["compare", "p_ae", "-t", "lunarlander", "--home",
+    one_line_error(runner.invoke(main, ["compare", "p_ae", "-t", "lunarlander", "--home",
                                          str(home)]), "exactly two encoders")
-    _one_line_error(runner.invoke(main, ["compare", "p_ae", "vae", "-t", "lunarlander",
+    one_line_error(runner.invoke(main, ["compare", "p_ae", "vae", "-t", "lunarlander",
                                          "--home", str(home)]), "No records of vae")
 
 

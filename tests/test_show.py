@@ -24,18 +24,6 @@ def runner():
     return CliRunner()
 
 
-def _one_line_error(result, *needles):
-    """One error line, the last (the data's progress lines may come before it)."""
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if "Error" in line]
-    assert len(errors) == 1 and errors[0] == lines[-1], result.stderr
-    for needle in needles:
-        assert needle in lines[-1]
-    return lines[-1]
-
-
 def _rgb(path):
     return np.asarray(Image.open(path).convert("RGB")).astype(int)
 
@@ -138,7 +126,7 @@ def test_markers_sit_on_the_true_and_predicted_positions(lunar, tmp_path):
 
 
 def test_a_classification_record_shows_class_names_and_is_refused_on_other_data(
-        stl10_run, runner, tmp_path, official_files, stl10_dir):
+        stl10_run, runner, tmp_path, official_files, stl10_dir, one_line_error):
     home, record_file = stl10_run
     drawn = show_path(record_file)
     assert Image.open(drawn).size == (1600, 800)
@@ -165,7 +153,8 @@ def test_a_classification_record_shows_class_names_and_is_refused_on_other_data(
     official_files.write_stl10(other, {"train": 50, "test": 25, "unlabeled": 80})
     result = runner.invoke(main, ["show", str(record_file), "--data-dir", str(other),
                                   "--home", str(home)])
-    _one_line_error(result, "differs from the record's", "embench data stl10 --preset smoke")
+    one_line_error(result, "differs from the record's", "embench data stl10 --preset smoke",
+                   after_progress=True)
 
 
 def test_a_failed_picture_keeps_the_run(monkeypatch, tmp_path, stl10_dir, one_torch_thread):
