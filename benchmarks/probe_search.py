@@ -23,9 +23,10 @@ within ``--tolerance`` (relative). Timing: embench runs before and after each ba
 mean is reported), so that load changes hit both alike. On CPU the baseline runs on one torch
 thread (its fastest: torch's intra-op threads do not help layers this small, see the last rows)
 and ``search_probes`` is called at torch's default thread count, which it spends on training
-families side by side (each op on one thread); the last rows time one epoch of each side at
-the default thread count against one. The FLOP rows count each side's arithmetic with
-``torch.utils.flop_counter`` and compare the achieved rate with a matmul peak.
+groups of MLPs (and the linear probe) side by side (each op on one thread); the last rows time
+one epoch of each side at the default thread count against one. The FLOP rows count each
+side's arithmetic with ``torch.utils.flop_counter`` and compare the achieved rate with a
+matmul peak.
 
 Usage:
     python benchmarks/probe_search.py [--epochs 20] [--rows 50000] [--device cpu|cuda]
@@ -172,7 +173,7 @@ def flops_per_epoch(data: dict, settings: dict) -> dict[str, float]:
 
     Each side runs one epoch on exactly one batch of rows under ``FlopCounterMode`` (and one
     validation row, which adds nothing measurable); times the batches of a full epoch. embench
-    counts its padded stacks (the arithmetic it really does); the baseline the 19 separate
+    counts its fused products (the arithmetic it really does); the baseline the 19 separate
     probes.
     """
     rows = settings["batch_size"]
@@ -183,7 +184,7 @@ def flops_per_epoch(data: dict, settings: dict) -> dict[str, float]:
     counts = {}
     threads = torch.get_num_threads()
     # One thread: the counter sees only its own thread's ops, and search_probes would run
-    # families on other threads (the arithmetic is the same).
+    # groups on other threads (the arithmetic is the same).
     torch.set_num_threads(1)
     for name, fn in (("baseline", sequential_search), ("embench", embench_search)):
         with FlopCounterMode(display=False) as counter:
@@ -214,7 +215,7 @@ def main() -> int:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads of the caller of search_probes (default: torch's "
-                        "choice; on CPU it trains that many families side by side)")
+                        "choice; on CPU it trains that many groups side by side)")
     parser.add_argument("--baseline-threads", type=int, default=None,
                         help="torch threads of the baseline (default on CPU: 1, its fastest, "
                         "see the last rows; on CUDA: torch's choice)")
@@ -259,7 +260,7 @@ def main() -> int:
     thread_times: dict[tuple[str, int], float] = {}
     if not args.no_thread_check and default_threads > 1 and device == "cpu":
         # What torch's default thread count gives each side: search_probes spends it on
-        # families side by side, the textbook loop on torch's intra-op threads.
+        # groups side by side, the textbook loop on torch's intra-op threads.
         small = {k: (x[: len(x) // 5], y[: len(y) // 5]) for k, (x, y) in data.items()}
         one_epoch = {**settings, "epochs": 1}
         checks = {
@@ -326,7 +327,7 @@ def main() -> int:
         mean_epochs = {"baseline": epochs_a / len(mlps), "embench": epochs_b / len(mlps)}
         rate = {k: flops[k] * mean_epochs[k] / t / 1e9
                 for k, t in (("baseline", base_s), ("embench", ours_s))}
-        rows.append(Row("training FLOPs per epoch (forward + backward; embench's padded stacks)",
+        rows.append(Row("training FLOPs per epoch (forward + backward, matmuls)",
                         fmt(flops["baseline"] / 1e9, "GFLOP"), fmt(flops["embench"] / 1e9, "GFLOP"),
                         flops["baseline"] / flops["embench"], "-"))
         rows.append(Row("fp32 matmul peak at each side's threads (1024^2 matmul)",
@@ -343,7 +344,7 @@ def main() -> int:
     if thread_times:
         d = default_threads
         rows.append(Row(f"search_probes, 1 epoch on {args.rows // 5:,} rows: caller at 1 "
-                        f"thread vs {d} (families side by side)",
+                        f"thread vs {d} (groups side by side)",
                         fmt(thread_times["embench", 1], "s"), fmt(thread_times["embench", d], "s"),
                         thread_times["embench", 1] / thread_times["embench", d], "-"))
         rows.append(Row(f"textbook loop, mlp-128x128 1 epoch on {args.rows // 5:,} rows: {d} "
@@ -353,7 +354,7 @@ def main() -> int:
     notes = [
         f"torch threads: baseline {baseline_threads}, embench's caller {threads} (torch's "
         f"default here: {default_threads}); search_probes runs every op on one thread and "
-        "uses the caller's count for families side by side (bit-identical results)",
+        "uses the caller's count for groups side by side (bit-identical results)",
         f"times: baseline mean of {len(baseline_times)} run(s) "
         f"({', '.join(f'{t:.1f}' for t in baseline_times)} s), embench mean of "
         f"{len(embench_times)} runs around them ({', '.join(f'{t:.1f}' for t in embench_times)}"

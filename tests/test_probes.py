@@ -383,8 +383,9 @@ def test_search_selects_the_lowest_validation_loss():
 def test_batched_probes_equal_standalone_probes(kind):
     """Every probe of the batched grid reproduces MLPProbe trained alone with the same seed.
 
-    The grid pads narrow probes inside wider stacks (e.g. 64x32 next to 64x64), so this also
-    shows that padded units carry no signal and get no gradient, for ReLU and sigmoid alike.
+    The grid fuses the first layers of all probes of an activation into one matrix and runs
+    a hand-written backward pass, so this also shows that the probes do not leak into each
+    other and that the backward pass is the gradient, for ReLU and sigmoid alike.
     """
     if kind == "regression":
         X, y = regression_data(n=300)
@@ -412,7 +413,8 @@ def test_batched_probes_equal_standalone_probes(kind):
         for mine, theirs in zip(
             batched.coefs_ + batched.intercepts_, alone.coefs_ + alone.intercepts_, strict=True
         ):
-            # Float rounding differs (bmm over padded stacks vs addmm); observed <= 6e-5.
+            # Float rounding differs (the search's operand layouts are 0.3.0's, whose
+            # padded stacks rounded unlike nn.Linear); observed <= 6e-5.
             np.testing.assert_allclose(mine, theirs, rtol=0, atol=2e-4, err_msg=entry["name"])
         assert entry["val_loss"] == pytest.approx(alone.best_val_loss_, rel=1e-4)
         assert (entry["epochs_run"], entry["best_epoch"]) == (alone.n_epochs_, alone.best_epoch_)
@@ -450,6 +452,42 @@ def test_families_trained_side_by_side_give_bit_identical_results(kind):
                                 other.coefs_ + other.intercepts_, strict=True):
             np.testing.assert_array_equal(mine, theirs, err_msg=name)
         assert estimator.val_loss_curve_ == other.val_loss_curve_
+
+
+def test_an_interrupted_search_stops_the_linear_probe_beside_it(monkeypatch):
+    """With threads to spare the linear probe trains beside the MLPs; Ctrl-C must stop it
+    within an epoch instead of waiting for it to finish."""
+    from concurrent.futures import CancelledError
+
+    from embench.probes import search as search_module
+
+    X, y = regression_data(n=300)
+    X_train, y_train, X_val, y_val = split(X, y, 220)
+    outcomes = []
+    train_mlp = search_module.train_mlp
+
+    def recording(*args, **kwargs):
+        try:
+            return train_mlp(*args, **kwargs)
+        except CancelledError:
+            outcomes.append("cancelled")
+            raise
+
+    def interrupt(point):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search_module, "train_mlp", recording)
+    monkeypatch.setattr(search_module, "crash_point", interrupt)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            # 300 epochs of the linear probe take seconds; the MLPs stop after their first
+            search_probes(X_train, y_train, X_val, y_val, kind="regression", max_epochs=300,
+                          batch_size=64)
+    finally:
+        torch.set_num_threads(threads)
+    assert outcomes == ["cancelled"]
 
 
 def test_a_probe_that_stops_early_keeps_its_own_best_weights():

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -667,12 +669,17 @@ def train_mlp(
     patience: int,
     seed: int,
     device: torch.device,
+    cancel: threading.Event | None = None,
 ) -> MLPFit:
     """Train one MLP with plain ``torch.nn`` modules; targets ``Y`` are ``(N, k)`` float32.
 
     This is the reference the batched search reproduces: the same ``seed_streams`` draws, the
     same ``init_linear`` order (layer by layer, weight then bias), one ``epoch_order`` per
     epoch, the same early-stopping rule.
+
+    Raises:
+        CancelledError: when ``cancel`` is set (checked before every epoch), so that a search
+            that trains this on a thread beside others can stop it.
     """
     init_seed, shuffle_seed, _ = seed_streams(seed)
     init_gen = torch.Generator().manual_seed(init_seed)
@@ -691,12 +698,15 @@ def train_mlp(
     train_curve: list[float] = []
     epoch = 0
     for epoch in range(1, max_epochs + 1):
+        if cancel is not None and cancel.is_set():
+            raise CancelledError("train_mlp was cancelled")
         model.train()
         order = epoch_order(n, shuffle_gen).to(device)
         train_sum = torch.zeros((), dtype=torch.float64, device=device)
         for start in range(0, n, batch_size):
             batch = order[start : start + batch_size]
-            loss = nn.functional.mse_loss(model(x_train[batch]), y_train[batch])
+            x, y = torch.index_select(x_train, 0, batch), torch.index_select(y_train, 0, batch)
+            loss = nn.functional.mse_loss(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
