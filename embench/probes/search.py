@@ -544,30 +544,69 @@ class _FusedGroup:
                 "softmax": (torch.tensor(softmax, device=self.device).view(-1, 1, 1)
                             if any(softmax) else None),
             })
+        self.family_order = [m for family in self.families for m in family["members"]]
 
-    def buffers(self, rows: int) -> dict[str, Any]:
-        """The step's activation and gradient buffers, for batches of up to ``rows`` rows."""
-        space = self.workspace
-        if space.get("rows", 0) < rows:
-            def zeros(*shape: int) -> torch.Tensor:
-                return torch.zeros(*shape, device=self.device)
+    def plan(self, rows: int) -> dict[str, Any]:
+        """Buffers and views for a step on ``rows`` rows, made once per batch size.
 
-            width = self.edges[-1]
-            space.update(
-                rows=rows, x=zeros(rows, self.n_in), y=zeros(rows, self.n_out),
-                h1=zeros(rows, width), dh1=zeros(rows, width),
-                h=[[zeros(rows, w) for w in hidden[1:]] for hidden in self.hidden],
-                dh=[[zeros(rows, w) for w in hidden[1:]] for hidden in self.hidden],
-                denom=torch.zeros_like(self.flat),
-            )
-        return space
+        Every activation and gradient of a step is written into these (freshly allocated
+        megabyte tensors cost page faults on every step, about as much as the arithmetic),
+        and the per-member views are cut once rather than on every step.
+        """
+        if rows in self.workspace:
+            return self.workspace[rows]
+
+        def zeros(*shape: int) -> torch.Tensor:
+            return torch.zeros(*shape, device=self.device)
+
+        first, first_grad = zeros(rows, self.edges[-1]), zeros(rows, self.edges[-1])
+        layers_of, grads_of = self._layers(self.params), self._layers(self.grads)
+        members = []
+        for member, hidden in enumerate(self.hidden):
+            columns = slice(self.edges[member], self.edges[member + 1])
+            inputs = [first[:, columns], *(zeros(rows, width) for width in hidden[1:])]
+            belows = [first_grad[:, columns], *(zeros(rows, width) for width in hidden[1:])]
+            layers = [
+                (weight, weight.t(), bias, weight_grad, bias_grad, inputs[depth], belows[depth])
+                for depth, ((weight, bias), (weight_grad, bias_grad)) in enumerate(
+                    zip(layers_of[member], grads_of[member], strict=True))
+            ]
+            members.append({
+                "layers": layers,
+                "swap": _swap_rounds_alike(rows, hidden[-1], self.n_out, self.device),
+            })
+        families = []
+        for family in self.families:
+            stacks = [torch.empty(len(m), rows, self.n_out, device=self.device)
+                      for m in family["by_depth"]]
+            diff = torch.empty(len(family["members"]), rows, self.n_out, device=self.device)
+            families.append({
+                "stacks": stacks,
+                "out": torch.empty_like(diff),
+                "diff": diff,
+                "tiny": self._tiny(family, rows),
+            })
+            for by_depth, stack in zip(family["by_depth"], stacks, strict=True):
+                for row, member in enumerate(by_depth):
+                    members[member]["out"] = stack[row]
+            for row, member in enumerate(family["members"]):
+                members[member]["grad"] = diff[row]
+                members[member]["tiny"] = self._tiny(family, rows)
+        if "denom" not in self.workspace:
+            self.workspace["denom"] = torch.zeros_like(self.flat)
+        plan = {
+            "x": zeros(rows, self.n_in), "y": zeros(rows, self.n_out), "first": first,
+            "first_grad": first_grad, "members": members, "families": families,
+            "denom": self.workspace["denom"],
+        }
+        self.workspace[rows] = plan
+        return plan
 
     def _hidden(
-        self, x: torch.Tensor, family: dict[str, Any] | None, space: dict[str, Any] | None
+        self, x: torch.Tensor, family: dict[str, Any] | None
     ) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
         """First-layer activations and each member's layer inputs (of ``family``, or all)."""
         act = torch.relu_ if self.relu else torch.sigmoid_
-        rows = len(x)
         if family is None:
             members = range(self.n_active)
             weight, bias, edges = self.params[0], self.params[1], self.edges
@@ -576,16 +615,14 @@ class _FusedGroup:
             start, stop = self.edges[members[0]], self.edges[members[-1] + 1]
             weight, bias = self.params[0][:, start:stop], self.params[1][start:stop]
             edges = [e - start for e in self.edges]
-        first = torch.addmm(bias, x, weight, out=None if space is None else space["h1"][:rows])
-        act(first)
+        first = act(torch.addmm(bias, x, weight))
         inputs: list[list[torch.Tensor]] = [[] for _ in range(self.n_active)]
         layers_of = self._layers(self.params)
         for member in members:
             hidden = first[:, edges[member] : edges[member + 1]]
             inputs[member].append(hidden)
-            for depth, (weight, bias) in enumerate(layers_of[member][:-1]):
-                out = None if space is None else space["h"][member][depth][:rows]
-                hidden = act(torch.addmm(bias, hidden, weight, out=out))
+            for weight, bias in layers_of[member][:-1]:
+                hidden = act(torch.addmm(bias, hidden, weight))
                 inputs[member].append(hidden)
         return first, inputs
 
@@ -621,7 +658,7 @@ class _FusedGroup:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Outputs ``(members, B, n_out)`` for inputs ``(B, n_in)`` (no buffers kept)."""
-        _, inputs = self._hidden(x, None, None)
+        _, inputs = self._hidden(x, None)
         out = torch.empty(self.n_active, len(x), self.n_out, device=x.device)
         for family in self.families:
             out[family["members"]] = self._family_outputs(family, inputs, len(x))[0]
@@ -639,7 +676,7 @@ class _FusedGroup:
                                     device=x_val.device)
                 for start in range(0, len(x_val), rows):
                     x = x_val[start : start + rows]
-                    _, inputs = self._hidden(x, family, None)
+                    _, inputs = self._hidden(x, family)
                     out, _ = self._family_outputs(family, inputs, len(x))
                     total += squared_error_sum(out, y_val[start : start + rows])
                 for row, member in enumerate(family["members"]):
@@ -649,9 +686,13 @@ class _FusedGroup:
     def train_step(
         self, x: torch.Tensor, y: torch.Tensor, step_size: float, bias_correction2_sqrt: float
     ) -> torch.Tensor:
-        """One Adam step on a mini-batch; returns each member's mean loss on it."""
+        """One Adam step on a mini-batch; returns each member's mean loss on it.
+
+        The losses come in family order (``self.family_order``), not member order.
+        """
         rows = len(x)
-        space = self.buffers(rows)
+        plan = self.plan(rows)
+        act = torch.relu_ if self.relu else torch.sigmoid_
         if self.relu:
             def act_backward(grad: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
                 return torch.ops.aten.threshold_backward.grad_input(
@@ -660,52 +701,65 @@ class _FusedGroup:
             def act_backward(grad: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
                 return torch.ops.aten.sigmoid_backward.grad_input(grad, result, grad_input=grad)
 
-        first, inputs = self._hidden(x, None, space)
-        per_member = torch.empty(self.n_active, dtype=torch.float32, device=x.device)
-        grad_out: list[torch.Tensor] = [torch.zeros(())] * self.n_active
+        # Forward, keeping every activation.
+        first = act(torch.addmm(self.params[1], x, self.params[0], out=plan["first"]))
+        members = plan["members"]
+        for member in members:
+            layers = member["layers"]
+            for (weight, _, bias, _, _, inputs, _), (*_, outputs, _) in zip(
+                layers[:-1], layers[1:], strict=True
+            ):
+                act(torch.addmm(bias, inputs, weight, out=outputs))
+        losses = []
+        grads: dict[int, torch.Tensor] = {}
         # d mean / d out = 1/n (rounded once), times d (out - y)^2 / d out = 2 (out - y).
         scale = torch.ones((), device=x.device) / (rows * self.n_out)
-        for family in self.families:
-            out, softmax = self._family_outputs(family, inputs, rows)
-            diff = out - y
-            per_member[family["members"]] = diff.pow(2).mean(dim=(1, 2))
+        for family, buffers in zip(self.families, plan["families"], strict=True):
+            for by_depth in family["by_depth"]:
+                for member in by_depth:
+                    weight, _, bias, _, _, inputs, _ = members[member]["layers"][-1]
+                    if buffers["tiny"]:
+                        torch.baddbmm(bias, inputs[None], weight[None],
+                                      out=members[member]["out"][None])
+                    else:
+                        torch.addmm(bias, inputs, weight, out=members[member]["out"])
+            stacks = buffers["stacks"]
+            out = torch.cat(stacks, out=buffers["out"]) if len(stacks) > 1 else stacks[0]
+            mask = family["softmax"]
+            if mask is not None:
+                softmax = torch.softmax(out, dim=-1)
+                out = torch.where(mask, softmax, out)
+            diff = torch.sub(out, y, out=buffers["diff"])
+            losses.append(diff.pow(2).mean(dim=(1, 2)))
             grad = diff.mul_(2.0).mul_(scale)
-            if softmax is not None:
-                mask = family["softmax"]
+            if mask is not None:
                 through = torch._softmax_backward_data(
                     torch.where(mask, grad, 0.0), softmax, -1, softmax.dtype)
                 grad = torch.where(mask, 0.0, grad) + through
-            for row, member in enumerate(family["members"]):
-                grad_out[member] = grad[row]
+                for row, member in enumerate(family["members"]):
+                    grads[member] = grad[row]
 
-        first_grad = space["dh1"][:rows]
-        layers_of, grads_of = self._layers(self.params), self._layers(self.grads)
-        tiny = {m for f in self.families if self._tiny(f, rows) for m in f["members"]}
-        for member, layers in enumerate(layers_of):
-            grad = grad_out[member]
-            for depth in range(len(layers) - 1, -1, -1):
-                weight, _ = layers[depth]
-                weight_grad, bias_grad = grads_of[member][depth]
-                if depth == 0:
-                    below = first_grad[:, self.edges[member] : self.edges[member + 1]]
+        # Backward, layer by layer from the output.
+        for index, member in enumerate(members):
+            grad = grads.get(index, member["grad"])
+            layers = member["layers"]
+            last = len(layers) - 1
+            for depth in range(last, -1, -1):
+                _, weight_t, _, weight_grad, bias_grad, inputs, below = layers[depth]
+                if depth == last and member["tiny"]:
+                    torch.bmm(inputs.t()[None], grad[None], out=weight_grad[None])
+                    torch.bmm(grad[None], weight_t[None], out=below[None])
                 else:
-                    below = space["dh"][member][depth - 1][:rows]
-                if depth == len(layers) - 1 and member in tiny:
-                    torch.bmm(inputs[member][depth].t()[None], grad[None], out=weight_grad[None])
-                    torch.bmm(grad[None], weight.t()[None], out=below[None])
-                elif depth == len(layers) - 1 and _swap_rounds_alike(
-                    rows, self.hidden[member][-1], self.n_out, x.device
-                ):
-                    # 3-5x faster than h^T grad for a few outputs, and the same numbers.
-                    weight_grad.copy_(torch.mm(grad.t(), inputs[member][depth]).t())
-                    torch.mm(grad, weight.t(), out=below)
-                else:
-                    torch.mm(inputs[member][depth].t(), grad, out=weight_grad)
-                    torch.mm(grad, weight.t(), out=below)
+                    if depth == last and member["swap"]:
+                        # 3-5x faster than h^T grad for a few outputs; the same numbers
+                        weight_grad.copy_(torch.mm(grad.t(), inputs).t())
+                    else:
+                        torch.mm(inputs.t(), grad, out=weight_grad)
+                    torch.mm(grad, weight_t, out=below)
                 torch.sum(grad, 0, out=bias_grad)
                 if depth:
-                    grad = act_backward(below, inputs[member][depth])
-        grad = act_backward(first_grad, first)
+                    grad = act_backward(below, inputs)
+        grad = act_backward(plan["first_grad"], first)
         torch.mm(x.t(), grad, out=self.grads[0])
         torch.sum(grad, 0, out=self.grads[1])
 
@@ -714,10 +768,10 @@ class _FusedGroup:
         flat_grad = self.flat_grad
         self.exp_avg.lerp_(flat_grad, 1 - beta1)
         self.exp_avg_sq.mul_(beta2).addcmul_(flat_grad, flat_grad, value=1 - beta2)
-        denom = torch.sqrt(self.exp_avg_sq, out=space["denom"])
+        denom = torch.sqrt(self.exp_avg_sq, out=plan["denom"])
         denom.div_(bias_correction2_sqrt).add_(_ADAM_EPS)
         self.flat.addcdiv_(self.exp_avg, denom, value=-step_size)
-        return per_member
+        return torch.cat(losses)
 
     def member_weights(self, member: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """A copy (on CPU) of a member's current ``(weight (in, out), bias)`` per layer."""
@@ -856,18 +910,21 @@ def _train_batched(
     ) -> list[list[float]]:
         """One epoch of a group; returns its members' train and validation losses."""
         train_sum = torch.zeros(group.n_active, dtype=torch.float64, device=device)
-        space = group.buffers(min(batch_size, n))
         for start in range(0, n, batch_size):
             batch = order[start : start + batch_size]
-            rows = len(batch)
-            x = torch.index_select(x_train, 0, batch, out=space["x"][:rows])
-            y = torch.index_select(y_train, 0, batch, out=space["y"][:rows])
+            plan = group.plan(len(batch))
+            x = torch.index_select(x_train, 0, batch, out=plan["x"])
+            y = torch.index_select(y_train, 0, batch, out=plan["y"])
             steps += 1
             per_member = group.train_step(
                 x, y, lr / (1 - _ADAM_BETAS[0] ** steps), math.sqrt(1 - _ADAM_BETAS[1] ** steps)
             )
-            train_sum += per_member.double() * rows
-        return [(train_sum / n).cpu().tolist(), _validation_loss(group, x_val, y_val, chunks)]
+            train_sum += per_member.double() * len(batch)
+        in_family_order = (train_sum / n).cpu().tolist()
+        train_losses = [0.0] * group.n_active
+        for position, member in enumerate(group.family_order):
+            train_losses[member] = in_family_order[position]
+        return [train_losses, _validation_loss(group, x_val, y_val, chunks)]
 
     steps, epoch = 0, 0
     workers = max(1, min(workers, len(groups)))
