@@ -427,9 +427,10 @@ class _FusedGroup:
     Every activation and gradient of a step is written into buffers allocated once (freshly
     allocated megabyte tensors cost page faults on every step, about as much as the arithmetic).
 
-    The backward pass calls the same kernels, in the same order and on the same operand
-    layouts, as autograd does for ``sum over members of mean((out - y) ** 2)``; so every member
-    gets exactly the update it would get trained alone (``MLPProbe`` with the same seed).
+    The backward pass calls the kernels autograd calls for ``sum over members of
+    mean((out - y) ** 2)``, on the operand layouts of embench 0.3.0's padded stacks; so every
+    member gets the update it would get trained alone (``MLPProbe`` with the same seed, up to
+    float rounding) and exactly the update 0.3.0 gave it.
     """
 
     def __init__(
@@ -594,7 +595,15 @@ class _FusedGroup:
                 members[member]["tiny"] = self._tiny(family, rows)
         if "denom" not in self.workspace:
             self.workspace["denom"] = torch.zeros_like(self.flat)
+        # 0.3.0 took torch's own loop for a first layer with under 400 multiply-adds per
+        # member (a batch of a few rows of a few features), member by member
+        tiny_first = [
+            slice(self.edges[member], self.edges[member + 1])
+            for member, hidden in enumerate(self.hidden)
+            if self.n_in * rows * self.family_width[hidden[0]] < 400
+        ]
         plan = {
+            "tiny_first": tiny_first,
             "x": zeros(rows, self.n_in), "y": zeros(rows, self.n_out), "first": first,
             "first_grad": first_grad, "members": members, "families": families,
             "denom": self.workspace["denom"],
@@ -615,7 +624,13 @@ class _FusedGroup:
             start, stop = self.edges[members[0]], self.edges[members[-1] + 1]
             weight, bias = self.params[0][:, start:stop], self.params[1][start:stop]
             edges = [e - start for e in self.edges]
-        first = act(torch.addmm(bias, x, weight))
+        first = torch.addmm(bias, x, weight)
+        for member in members:  # as in train_step: 0.3.0's loop for tiny first layers
+            if self.n_in * len(x) * self.family_width[self.hidden[member][0]] < 400:
+                columns = slice(edges[member], edges[member + 1])
+                first[:, columns] = torch.baddbmm(bias[columns], x[None],
+                                                  weight[:, columns][None])[0]
+        act(first)
         inputs: list[list[torch.Tensor]] = [[] for _ in range(self.n_active)]
         layers_of = self._layers(self.params)
         for member in members:
@@ -702,7 +717,11 @@ class _FusedGroup:
                 return torch.ops.aten.sigmoid_backward.grad_input(grad, result, grad_input=grad)
 
         # Forward, keeping every activation.
-        first = act(torch.addmm(self.params[1], x, self.params[0], out=plan["first"]))
+        first = torch.addmm(self.params[1], x, self.params[0], out=plan["first"])
+        for columns in plan["tiny_first"]:
+            first[:, columns] = torch.baddbmm(
+                self.params[1][columns], x[None], self.params[0][:, columns][None])[0]
+        act(first)
         members = plan["members"]
         for member in members:
             layers = member["layers"]
@@ -761,6 +780,8 @@ class _FusedGroup:
                     grad = act_backward(below, inputs)
         grad = act_backward(plan["first_grad"], first)
         torch.mm(x.t(), grad, out=self.grads[0])
+        for columns in plan["tiny_first"]:
+            self.grads[0][:, columns] = torch.bmm(x.t()[None], grad[:, columns][None])[0]
         torch.sum(grad, 0, out=self.grads[1])
 
         # torch.optim.Adam's default update, element-wise on the flat buffers.

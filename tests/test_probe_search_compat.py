@@ -1,0 +1,76 @@
+"""The probe search of this version reproduces embench 0.3.0's search bit for bit.
+
+Every record on the board was made by 0.3.0's search (MLPs stacked per first width, zero-padded,
+trained with autograd); ``embench verify`` must still reproduce them exactly, so the fused
+search has to round exactly as that one did. 0.3.0's implementation is kept, frozen, in
+``tests/reference/search_0_3_0.py``; both run here on data shaped to reach its corners: a
+last batch of one row, few features (torch's own loop instead of BLAS for tiny products), an
+odd number of classes (unaligned operands), probes that stop early, several threads.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from embench.probes import search
+from embench.probes.metrics import one_hot
+
+REFERENCE = Path(__file__).parent / "reference" / "search_0_3_0.py"
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """0.3.0's search module."""
+    spec = importlib.util.spec_from_file_location("embench_0_3_0_search", REFERENCE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    assert hasattr(module, "_PaddedFamily")
+    yield module
+    del sys.modules[spec.name]
+
+
+def data(n, d, n_out, kind, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    if kind == "regression":
+        y = np.stack([np.tanh(X[:, 0]) + X[:, 1] * X[:, -1], np.sin(X[:, 0] * X[:, -1])], 1)
+        return X, y.astype(np.float32)
+    labels = (X[:, 0] > 0).astype(int) + 2 * (X[:, -1] > 0.5) + (X[:, 1] > 1.5)
+    return X, one_hot(labels % n_out, np.arange(n_out)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "kind, n_train, d, n_out, workers",
+    [
+        ("regression", 1025, 8, 2, 2),  # last batch of 1 row, 8 features
+        ("classification", 1537, 3, 5, 3),  # tiny first layer; 5 classes; 3 threads
+        ("classification", 2047, 16, 5, 1),  # last batch of 511 rows: odd offsets
+    ],
+)
+def test_search_rounds_as_0_3_0_did(reference, kind, n_train, d, n_out, workers):
+    X, y = data(n_train, d, n_out, kind, seed=n_train)
+    X_val, y_val = data(301, d, n_out, kind, seed=1)
+    grid = search.probe_grid(kind)
+    settings = {"max_epochs": 4, "batch_size": 512, "lr": 3e-3, "patience": 1, "seed": 2,
+                "device": torch.device("cpu")}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        old = reference._train_batched(grid, X, y, X_val, y_val, workers=1, **settings)
+        new = search._train_batched(grid, X, y, X_val, y_val, workers=workers, **settings)
+    finally:
+        torch.set_num_threads(threads)
+    assert len({fit.epochs_run for fit in old}) > 1  # some probes stopped early
+    for spec, theirs, mine in zip(grid, old, new, strict=True):
+        name = search.mlp_name(tuple(spec["hidden"]), spec["activation"], spec["output"])
+        for a, b in zip(theirs.coefs + theirs.intercepts, mine.coefs + mine.intercepts,
+                        strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+        assert mine.val_loss_curve == theirs.val_loss_curve, name
+        assert mine.train_loss_curve == theirs.train_loss_curve, name
+        assert (mine.best_epoch, mine.epochs_run) == (theirs.best_epoch, theirs.epochs_run)
