@@ -323,7 +323,7 @@ def search_probes(
             linear_job = (pool.submit(train_mlp, X_train, targets, X_val, val_targets,
                                       cancel=cancel, **linear_settings)
                           if pool is not None else None)
-            with _cancelled_on_error(cancel):
+            with _cancelled_on_error(cancel):  # Ctrl-C included
                 fits = _train_batched(
                     grid,
                     X_train,
@@ -339,8 +339,9 @@ def search_probes(
                     progress=progress,
                     workers=workers,
                 )
-            linear_fit = (linear_job.result() if linear_job is not None
-                          else train_mlp(X_train, targets, X_val, val_targets, **linear_settings))
+                linear_fit = (linear_job.result() if linear_job is not None
+                              else train_mlp(X_train, targets, X_val, val_targets,
+                                             **linear_settings))
     finally:
         torch.set_num_threads(threads)
 
