@@ -5,7 +5,8 @@ trained with autograd); ``embench verify`` must still reproduce them exactly, so
 search has to round exactly as that one did. 0.3.0's implementation is kept, frozen, in
 ``tests/reference/search_0_3_0.py``; both run here on data shaped to reach its corners: a
 last batch of one row, few features (torch's own loop instead of BLAS for tiny products), an
-odd number of classes (unaligned operands), probes that stop early, several threads.
+odd number of classes (unaligned operands), probes that stop early, several threads, a
+validation set computed in blocks.
 """
 
 import importlib.util
@@ -45,16 +46,17 @@ def data(n, d, n_out, kind, seed):
 
 
 @pytest.mark.parametrize(
-    "kind, n_train, d, n_out, workers",
+    "kind, n_train, n_val, d, n_out, workers",
     [
-        ("regression", 1025, 8, 2, 2),  # last batch of 1 row, 8 features
-        ("classification", 1537, 3, 5, 3),  # tiny first layer; 5 classes; 3 threads
-        ("classification", 2047, 16, 5, 1),  # last batch of 511 rows: odd offsets
+        ("regression", 1025, 301, 8, 2, 2),  # last batch of 1 row, 8 features
+        ("classification", 1537, 301, 3, 5, 3),  # tiny first layer; 5 classes; 3 threads
+        ("classification", 2047, 301, 16, 5, 1),  # last batch of 511 rows: odd offsets
+        ("regression", 1100, 4100, 16, 2, 2),  # validation in blocks (2048 + 2052 rows)
     ],
 )
-def test_search_rounds_as_0_3_0_did(reference, kind, n_train, d, n_out, workers):
+def test_search_rounds_as_0_3_0_did(reference, kind, n_train, n_val, d, n_out, workers):
     X, y = data(n_train, d, n_out, kind, seed=n_train)
-    X_val, y_val = data(301, d, n_out, kind, seed=1)
+    X_val, y_val = data(n_val, d, n_out, kind, seed=1)
     grid = search.probe_grid(kind)
     settings = {"max_epochs": 4, "batch_size": 512, "lr": 3e-3, "patience": 1, "seed": 2,
                 "device": torch.device("cpu")}
