@@ -807,8 +807,8 @@ class _FusedGroup:
         layers += self._layers(self.params)[member]
         return [(w.detach().cpu().clone(), b.detach().cpu().clone()) for w, b in layers]
 
-    def drop(self, keep: list[bool]) -> None:
-        """Keep only the members where ``keep`` is true (buffers and Adam state shrink)."""
+    def _state(self, keep: list[bool]) -> tuple[list[torch.Tensor], ...]:
+        """Parameters and Adam moments of the members where ``keep`` is true, as tensors."""
         columns = torch.tensor(
             [c for m, k in enumerate(keep) if k for c in range(self.edges[m], self.edges[m + 1])],
             dtype=torch.long, device=self.device,
@@ -819,15 +819,51 @@ class _FusedGroup:
             rest = [t for m, k in enumerate(keep) if k for pair in layers[m] for t in pair]
             return [views[0][:, columns], views[1][columns], *rest]
 
-        params = kept(self.params)
-        exp_avg = kept(self._views(self.exp_avg))
-        exp_avg_sq = kept(self._views(self.exp_avg_sq))
+        return (kept(self.params), kept(self._views(self.exp_avg)),
+                kept(self._views(self.exp_avg_sq)))
+
+    def drop(self, keep: list[bool]) -> None:
+        """Keep only the members where ``keep`` is true (buffers and Adam state shrink)."""
+        params, exp_avg, exp_avg_sq = self._state(keep)
         self.probe_ids = [p for p, k in zip(self.probe_ids, keep, strict=True) if k]
         self.hidden = [h for h, k in zip(self.hidden, keep, strict=True) if k]
         self.softmax = [s for s, k in zip(self.softmax, keep, strict=True) if k]
         self.best = [b for b, k in zip(self.best, keep, strict=True) if k]
         if self.probe_ids:
             self._build(params, exp_avg, exp_avg_sq)
+
+    def split(self) -> _FusedGroup | None:
+        """Move about half of the work (whole families) into a new group; None if one family.
+
+        Lets an idle thread take over part of the last group still training. Members keep
+        their parameters, Adam state and best weights, so the result is unchanged.
+        """
+        if len(self.families) < 2:
+            return None
+        halves: list[list[dict[str, Any]]] = [[], []]
+
+        def load(half: list[dict[str, Any]]) -> int:
+            return sum(self._member_cost(m) for family in half for m in family["members"])
+
+        for family in sorted(self.families, key=lambda f: -sum(map(self._member_cost,
+                                                                       f["members"]))):
+            min(halves, key=load).append(family)
+        moved = {m for family in halves[1] for m in family["members"]}
+        leave = [m in moved for m in range(self.n_active)]
+        other = object.__new__(_FusedGroup)
+        other.relu, other.n_in, other.n_out = self.relu, self.n_in, self.n_out
+        other.device, other.family_width = self.device, dict(self.family_width)
+        other.probe_ids = [p for p, k in zip(self.probe_ids, leave, strict=True) if k]
+        other.hidden = [h for h, k in zip(self.hidden, leave, strict=True) if k]
+        other.softmax = [s for s, k in zip(self.softmax, leave, strict=True) if k]
+        other.best = [b for b, k in zip(self.best, leave, strict=True) if k]
+        other._build(*self._state(leave))
+        self.drop([not k for k in leave])
+        return other
+
+    def _member_cost(self, member: int) -> int:
+        sizes = [self.n_in, *self.hidden[member], self.n_out]
+        return sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
 
 
 @functools.cache
@@ -967,7 +1003,8 @@ def _train_batched(
         return [train_losses, _validation_loss(group, x_val, y_val, chunks)]
 
     steps, epoch = 0, 0
-    workers = max(1, min(workers, len(groups)))
+    families = {(spec["activation"], int(spec["hidden"][0])) for spec in grid}
+    workers = max(1, min(workers, len(families)))  # a group never splits a family
     pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
     with (
         stage(progress, "probe search", total=max_epochs) as bar,
@@ -975,6 +1012,13 @@ def _train_batched(
     ):
         for epoch in range(1, max_epochs + 1):
             active = [group for group in groups if group.n_active]
+            while len(active) < workers:  # a thread would idle: split the costliest group
+                part = next((part for group in sorted(active, key=lambda g: -g.cost())
+                             if (part := group.split()) is not None), None)
+                if part is None:
+                    break
+                groups.append(part)
+                active.append(part)
             order = epoch_order(n, shuffle_gen).to(device)
             chunks = _validation_chunks(grid, [p for g in active for p in g.probe_ids], Y.shape[1])
             results = _run_side_by_side(pool, workers, active, train_epoch, order, steps, chunks)
