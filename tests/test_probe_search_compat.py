@@ -76,3 +76,39 @@ def test_search_rounds_as_0_3_0_did(reference, kind, n_train, n_val, d, n_out, w
         assert mine.val_loss_curve == theirs.val_loss_curve, name
         assert mine.train_loss_curve == theirs.train_loss_curve, name
         assert (mine.best_epoch, mine.epochs_run) == (theirs.best_epoch, theirs.epochs_run)
+
+
+def test_a_group_split_midway_rounds_as_0_3_0_did(reference, monkeypatch):
+    """When the sigmoid MLP stops, the relu group is split between the two threads midway."""
+    X, y = data(700, 8, 2, "regression", seed=3)
+    X_val, y_val = data(200, 8, 2, "regression", seed=4)
+    grid = [{"hidden": (128, 128), "activation": "sigmoid", "output": "none"}] + [
+        {"hidden": hidden, "activation": "relu", "output": "none"}
+        for hidden in [(32,), (64,), (128,), (64, 64)]
+    ]
+    settings = {"max_epochs": 30, "batch_size": 64, "lr": 3e-3, "patience": 2, "seed": 2,
+                "device": torch.device("cpu")}
+    splits = []
+    split = search._FusedGroup.split
+
+    def counted(group):
+        part = split(group)
+        splits.append(part is not None)
+        return part
+
+    monkeypatch.setattr(search._FusedGroup, "split", counted)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        old = reference._train_batched(grid, X, y, X_val, y_val, workers=1, **settings)
+        new = search._train_batched(grid, X, y, X_val, y_val, workers=2, **settings)
+    finally:
+        torch.set_num_threads(threads)
+    assert splits[0]  # the relu group was split once the sigmoid MLP had stopped
+    assert old[0].epochs_run < min(fit.epochs_run for fit in old[1:])
+    for theirs, mine in zip(old, new, strict=True):
+        for a, b in zip(theirs.coefs + theirs.intercepts, mine.coefs + mine.intercepts,
+                        strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert mine.val_loss_curve == theirs.val_loss_curve
+        assert (mine.best_epoch, mine.epochs_run) == (theirs.best_epoch, theirs.epochs_run)
