@@ -305,7 +305,7 @@ def search_probes(
 
     # Probe layers are tiny: torch's intra-op threads do not speed them up when the cores are
     # idle and slow them down up to 15x when other processes share the cores. So on CPU each
-    # op runs on one thread, and the caller's thread budget goes to training families side by
+    # op runs on one thread, and the caller's thread budget goes to training groups of MLPs side by
     # side instead (see _train_batched). The thread count is restored afterwards.
     threads = torch.get_num_threads()
     if torch_device.type == "cpu":
