@@ -286,7 +286,10 @@ def test_ctrl_c_stops_running_jobs_at_once(tmp_path, smoke_data):
         [sys.executable, "-m", "embench.cli", "sweep", "--encoders", "ae", "--tasks",
          "lunarlander", "--z", "4", "--preset", "smoke", "--device", "cpu", "--home", str(home)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=dict(os.environ, EMBENCH_CRASH_AT=""))
+        env=dict(os.environ, EMBENCH_CRASH_AT=""),
+        # a suite started in the background (`make test &`) ignores SIGINT, and children
+        # inherit that: give the CLI the disposition a terminal user's process has
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not list((home / "checkpoints").glob("ae/*.lock")):  # the run job is training
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
