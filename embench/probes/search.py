@@ -901,45 +901,6 @@ def _blocks(start: int, stop: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
-def _groups_of(
-    grid: list[dict[str, Any]], n_in: int, n_out: int, init_seed: int, device: torch.device,
-    workers: int,
-) -> list[_FusedGroup]:
-    """One group per activation; the costliest is split while there are more workers.
-
-    A split falls between first widths, so each of 0.3.0's families stays in one group.
-    """
-    families: dict[tuple[str, int], list[int]] = {}
-    for index, spec in enumerate(grid):
-        families.setdefault((spec["activation"], int(spec["hidden"][0])), []).append(index)
-    by_activation: dict[str, list[list[int]]] = {}
-    for (activation, _), ids in sorted(families.items()):
-        by_activation.setdefault(activation, []).append(ids)
-    parts = list(by_activation.values())
-
-    def cost(part: list[list[int]]) -> int:
-        return sum(_member_cost(grid[i], n_in, n_out) for ids in part for i in ids)
-
-    while len(parts) < workers:
-        parts.sort(key=cost)
-        if len(parts[-1]) < 2:
-            break
-        halves: list[list[list[int]]] = [[], []]
-        for ids in sorted(parts[-1], key=lambda f: cost([f]), reverse=True):
-            min(halves, key=cost).append(ids)
-        parts[-1:] = halves
-    groups = []
-    for part in parts:
-        ids = sorted(i for family in part for i in family)
-        groups.append(_FusedGroup(ids, [grid[i] for i in ids], n_in, n_out, init_seed, device))
-    return groups
-
-
-def _member_cost(spec: dict[str, Any], n_in: int, n_out: int) -> int:
-    sizes = [n_in, *(int(h) for h in spec["hidden"]), n_out]
-    return sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
-
-
 def _train_batched(
     grid: list[dict[str, Any]],
     X: np.ndarray,
@@ -967,7 +928,12 @@ def _train_batched(
         One :class:`MLPFit` per grid entry, in the grid's order.
     """
     init_seed, shuffle_seed, _ = seed_streams(seed)
-    groups = _groups_of(grid, X.shape[1], Y.shape[1], init_seed, device, workers)
+    by_activation: dict[str, list[int]] = {}
+    for index, spec in enumerate(grid):
+        by_activation.setdefault(spec["activation"], []).append(index)
+    # one group per activation; more threads than groups split them (below, each epoch)
+    groups = [_FusedGroup(ids, [grid[i] for i in ids], X.shape[1], Y.shape[1], init_seed, device)
+              for _, ids in sorted(by_activation.items())]
     x_train, y_train = torch.from_numpy(X).to(device), torch.from_numpy(Y).to(device)
     x_val, y_val = torch.from_numpy(X_val).to(device), torch.from_numpy(Y_val).to(device)
     shuffle_gen = torch.Generator().manual_seed(shuffle_seed)
