@@ -9,7 +9,10 @@ item on the same test set without recomputing anything.
 
 The fingerprint formulas that identify a run live here too (:func:`train_fingerprint`,
 :func:`run_fingerprint`, :func:`protocol_fingerprint`), so the runner that computes them and
-the leaderboard that rechecks them cannot drift apart.
+the leaderboard that rechecks them cannot drift apart. The training fingerprint keys an
+artifact (the checkpoint), so it carries the artifact version; the run and protocol
+fingerprints key what the board compares, so they carry the package version (see
+:mod:`embench.storage`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,14 @@ import numpy as np
 
 from embench import __version__
 from embench.errors import DataError
-from embench.storage import CODE_VERSION, atomic_path, fingerprint, safe_name, write_json
+from embench.storage import (
+    ARTIFACT_VERSION,
+    CODE_VERSION,
+    atomic_path,
+    fingerprint,
+    safe_name,
+    write_json,
+)
 
 #: 2: evaluation_config, perceptual_weights, test.least_squares and the predictions sidecar.
 #: Records of schema 1 load with those fields empty.
@@ -65,7 +75,7 @@ PREDICTION_KEYS = ("mlp", "linear", "baseline", "least_squares")
 
 
 def train_fingerprint(encoder_spec: str, encoder_config: dict[str, Any], data_fingerprint: str,
-                      version: str = CODE_VERSION) -> str:
+                      version: str = ARTIFACT_VERSION) -> str:
     """What keys a trained encoder: its factory, its config and the data it was fitted on."""
     return fingerprint("train", encoder_spec, encoder_config, data_fingerprint, version=version)
 
@@ -73,13 +83,21 @@ def train_fingerprint(encoder_spec: str, encoder_config: dict[str, Any], data_fi
 def run_fingerprint(train_key: str, embeddings_key: str, preset: dict[str, Any], seed: int,
                     evaluation: dict[str, Any] | None = None,
                     version: str = CODE_VERSION) -> str:
-    """What keys a whole run: the encoder, its embeddings, the budgets, the seed, evaluation."""
+    """What keys a whole run: the encoder, its embeddings, the budgets, the seed, evaluation.
+
+    Keyed by the package version (:data:`CODE_VERSION`), not the artifact version: a release
+    that changes only the probe search reruns the run on the stored embeddings.
+    """
     extra = [evaluation] if evaluation else []
     return fingerprint("run", train_key, embeddings_key, preset, seed, *extra, version=version)
 
 
 def protocol_fingerprint(fields: dict[str, Any], version: str = CODE_VERSION) -> str:
-    """What makes two records comparable (task, data, splits, budgets, probes, metric)."""
+    """What makes two records comparable (task, data, splits, budgets, probes, metric).
+
+    Keyed by the package version (:data:`CODE_VERSION`): records of different releases never
+    share a table.
+    """
     return fingerprint("protocol", fields, version=version)
 
 
@@ -106,6 +124,9 @@ class RunRecord:
             (``None`` for records made before schema 2).
         pictures: file names of the pictures beside the record, by role (``{"show":
             "<stem>.show.png"}``, see :mod:`embench.show`), or ``None``.
+        artifact_version: the version that keyed the run's artifacts and its training
+            fingerprint (:data:`embench.storage.ARTIFACT_VERSION`); ``None`` for records
+            made before it was split from ``embench_version``, whose artifacts that keyed.
         extra: fields this version does not know (kept, and written back).
 
     Example:
@@ -149,6 +170,7 @@ class RunRecord:
     reconstruction: dict[str, Any] | None = None
     predictions: str | None = None
     pictures: dict[str, str] | None = None
+    artifact_version: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     #: Fields an older record did not have: written back only if they were set since.
     absent: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
@@ -207,16 +229,19 @@ class RunRecord:
     def consistency_problems(self) -> list[str]:
         """Where the record's fields disagree with its own fingerprints (an edited record).
 
-        Fingerprints are rechecked with the version that computed them (the record's own).
+        Fingerprints are rechecked with the version that computed them (the record's own):
+        the training fingerprint with its ``artifact_version`` (``embench_version`` for records
+        made before the split), the protocol fingerprint with its ``embench_version``.
         """
         problems = []
         version = self.embench_version
+        artifact_version = self.artifact_version or self.embench_version
         if "z_dim" in self.encoder_config and self.encoder_config["z_dim"] != self.z_dim:
             problems.append(f"z_dim {self.z_dim} disagrees with encoder_config.z_dim "
                             f"{self.encoder_config['z_dim']}")
         if self.encoder_spec is not None:
             train = train_fingerprint(self.encoder_spec, self.encoder_config,
-                                      self.fingerprints["data"], version=version)
+                                      self.fingerprints["data"], version=artifact_version)
             if train != self.fingerprints.get("train"):
                 problems.append("fingerprints.train does not match encoder_config and the data "
                                 "fingerprint (edited config?)")
@@ -283,6 +308,8 @@ def validate_record(record: Any) -> list[str]:
     for key in ("run", "encoder", "data", "embeddings"):
         if not isinstance(record["fingerprints"].get(key), str):
             problems.append(f"fingerprints.{key} is missing")
+    if not isinstance(record.get("artifact_version"), (str, type(None))):  # optional field
+        problems.append("field 'artifact_version' should be str")
     return problems
 
 

@@ -59,6 +59,7 @@ from embench.results import (
     write_record,
 )
 from embench.storage import (
+    ARTIFACT_VERSION,
     CODE_VERSION,
     atomic_dir,
     atomic_path,
@@ -411,7 +412,8 @@ def training_key(setup: EncoderSetup, data_fingerprint: str) -> tuple[dict[str, 
     """The encoder's recorded config and the training fingerprint that keys its checkpoint."""
     encoder_config = _encoder_config(setup.encoder,
                                      {k: v for k, v in setup.given.items() if k != "home"})
-    return encoder_config, train_fingerprint(setup.spec, encoder_config, data_fingerprint)
+    return encoder_config, train_fingerprint(setup.spec, encoder_config, data_fingerprint,
+                                             version=ARTIFACT_VERSION)
 
 
 def embed_stage(
@@ -500,7 +502,7 @@ def protocol_fields(task_name: str, task: Any, data: TaskData, preset: Preset) -
                      "extra",
         "metric": {"name": task.metric_name, "direction": task.metric_direction},
     }
-    protocol["fingerprint"] = protocol_fingerprint(protocol)
+    protocol["fingerprint"] = protocol_fingerprint(protocol, version=CODE_VERSION)
     return protocol
 
 
@@ -594,7 +596,9 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
         raise PluginError(f"Encoder {setup.name!r} has no usable fingerprint: {exc}.") from exc
 
     key = embedding_key(encoder_fp, data.fingerprint)
-    run_key = run_fingerprint(train_key, key, preset.to_dict(), config.seed, setup.evaluation)
+    # the package version: a release that changes only probes reruns on the stored embeddings
+    run_key = run_fingerprint(train_key, key, preset.to_dict(), config.seed, setup.evaluation,
+                              version=CODE_VERSION)
     out = record_path(home, task=task_name, encoder=setup.name, z_dim=setup.z,
                       seed=config.seed, preset=preset.name, run_key=run_key)
     finished = None if config.retrain else _finished_record(
@@ -627,6 +631,7 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
     record = RunRecord(
         schema_version=SCHEMA_VERSION,
         embench_version=CODE_VERSION,
+        artifact_version=ARTIFACT_VERSION,
         encoder=setup.name,
         encoder_spec=setup.spec,
         encoder_distribution=setup.distribution,

@@ -4,6 +4,14 @@ Everything embench writes under its home goes through :func:`atomic_path` (or
 :func:`atomic_dir`): the data is written under a temporary name in the destination's own
 directory and renamed into place, so a killed process never leaves a half-written file under a
 final name.
+
+Two versions key what embench stores. :data:`ARTIFACT_VERSION` keys every artifact cache
+(datasets, checkpoints and fit states, embeddings, decoder-retraining results);
+:data:`CODE_VERSION`, the package version, keys what the board compares (run and protocol
+fingerprints, a record's ``embench_version``). This refines ``DESIGN.md``'s "code
+version" in cache keys: the artifact version is the version of the code that computes the
+artifact, so a release that changes only probes, scoring or selection re-keys the records and
+reuses every dataset, checkpoint and embedding.
 """
 
 from __future__ import annotations
@@ -25,8 +33,17 @@ import numpy as np
 from embench import __version__
 from embench.errors import ConfigError, StorageError
 
-#: Bumped whenever a change alters stored results; part of every cache key.
+#: The package version: it keys what the board compares (run and protocol fingerprints, a
+#: record's ``embench_version``), so a change to probes, scoring or selection is a package
+#: version bump alone. Artifact caches are keyed by :data:`ARTIFACT_VERSION` instead.
 CODE_VERSION = f"embench-{__version__}"
+
+#: The version of the code that computes cached artifacts (datasets, perceptual weights,
+#: checkpoints and fit states, embeddings, decoder-retraining results); it keys every artifact
+#: cache (perceptual weights are checked by their sha256 instead). Bump it, to the package
+#: version of the time, whenever a change alters any of those bytes. A literal, not derived
+#: from ``__version__``: a release that changes only probes or scoring reuses them all.
+ARTIFACT_VERSION = "embench-0.3.0"
 
 SUBDIRS = ("datasets", "weights", "checkpoints", "embeddings", "results")
 
@@ -166,11 +183,13 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def fingerprint(*parts: Any, version: str = CODE_VERSION) -> str:
-    """sha256 of JSON-serialisable parts (keys sorted), plus the code version.
+def fingerprint(*parts: Any, version: str = ARTIFACT_VERSION) -> str:
+    """sha256 of JSON-serialisable parts (keys sorted), plus a version.
 
-    ``version`` defaults to this code's :data:`CODE_VERSION`; pass a record's own
-    ``embench_version`` to recheck a fingerprint that another version computed.
+    ``version`` defaults to :data:`ARTIFACT_VERSION`, the right one for artifact cache keys
+    (the default is bound at import). Record-level keys pass :data:`CODE_VERSION`; pass a
+    record's own ``artifact_version`` or ``embench_version`` to recheck a fingerprint that
+    another version computed.
     """
     blob = json.dumps([version, *parts], sort_keys=True, default=_json_default)
     return hashlib.sha256(blob.encode()).hexdigest()

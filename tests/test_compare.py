@@ -23,11 +23,13 @@ from embench.results import (
     Predictions,
     RunRecord,
     path_of,
+    protocol_fingerprint,
     sidecar_path,
+    train_fingerprint,
     write_predictions,
     write_record,
 )
-from embench.storage import CODE_VERSION, fingerprint
+from embench.storage import ARTIFACT_VERSION, CODE_VERSION, fingerprint
 from embench.tasks.lunarlander import LunarLanderTask
 
 BOARD = Path(__file__).parents[1] / "leaderboard" / "results" / "lunarlander"
@@ -64,11 +66,12 @@ def write_run(home, encoder, seed, errors, *, z=64, task="lunarlander", preset="
             return float(np.mean(np.asarray(y) == np.asarray(p)))
     config = {"z_dim": z, "seed": seed}
     spec = f"embench.encoders.x:{encoder}"
-    train = fingerprint("train", spec, config, data)
+    train = train_fingerprint(spec, config, data)
     protocol = {"task": task, "data": data, "preset": {"probe_epochs": 300}}
-    protocol["fingerprint"] = fingerprint("protocol", protocol)
+    protocol["fingerprint"] = protocol_fingerprint(protocol)
     record = RunRecord.from_dict({
         "schema_version": SCHEMA_VERSION, "embench_version": CODE_VERSION,
+        "artifact_version": ARTIFACT_VERSION,
         "encoder": encoder, "encoder_spec": spec, "task": task, "preset": preset,
         "z_dim": z, "seed": seed, "device": "cpu", "encoder_config": config,
         "fingerprints": {"run": fingerprint("run", train, seed, created), "train": train,

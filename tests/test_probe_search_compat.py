@@ -1,12 +1,13 @@
-"""The probe search of this version reproduces embench 0.3.0's search bit for bit.
+"""The probe search of this version trains what embench 0.3.0's search trained.
 
-Every record on the board was made by 0.3.0's search (MLPs stacked per first width, zero-padded,
-trained with autograd); ``embench verify`` must still reproduce them exactly, so the fused
-search has to round exactly as that one did. 0.3.0's implementation is kept, frozen, in
-``tests/reference/search_0_3_0.py``; both run here on data shaped to reach its corners: a
-last batch of one row, few features (torch's own loop instead of BLAS for tiny products), an
-odd number of classes (unaligned operands), probes that stop early, several threads, a
-validation set computed in blocks.
+0.3.0's search (MLPs stacked per first width, zero-padded, trained with autograd) made the
+records of 0.3.0. This version lays the layers out by depth, computes the output layers
+transposed and takes torch's fused Adam kernel, so it rounds differently (which is why it is a
+new version); everything else must be the same: the same initial weights, batches, updates,
+early stopping and selection. 0.3.0's implementation is kept, frozen, in
+``tests/reference/search_0_3_0.py``; both run here on data shaped to reach the corners: a last
+batch of one row, few features, an odd number of classes, probes that stop early, several
+threads, a validation set computed in blocks.
 """
 
 import importlib.util
@@ -54,7 +55,7 @@ def data(n, d, n_out, kind, seed):
         ("regression", 1100, 4100, 16, 2, 2),  # validation in blocks (2048 + 2052 rows)
     ],
 )
-def test_search_rounds_as_0_3_0_did(reference, kind, n_train, n_val, d, n_out, workers):
+def test_search_trains_as_0_3_0_did(reference, kind, n_train, n_val, d, n_out, workers):
     X, y = data(n_train, d, n_out, kind, seed=n_train)
     X_val, y_val = data(n_val, d, n_out, kind, seed=1)
     grid = search.probe_grid(kind)
@@ -68,18 +69,33 @@ def test_search_rounds_as_0_3_0_did(reference, kind, n_train, n_val, d, n_out, w
     finally:
         torch.set_num_threads(threads)
     assert len({fit.epochs_run for fit in old}) > 1  # some probes stopped early
+    assert_same_training(grid, old, new)
+    # the selection: the same winner, by a margin far above the rounding
+    assert (np.argmin([fit.best_val_loss for fit in new])
+            == np.argmin([fit.best_val_loss for fit in old]))
+
+
+def assert_same_training(grid, old, new):
+    """Same weights and losses up to float rounding; the same epochs.
+
+    Observed here: weights within 6.3e-6, losses within 1.4e-7 (relative), after 4 epochs.
+    """
     for spec, theirs, mine in zip(grid, old, new, strict=True):
         name = search.mlp_name(tuple(spec["hidden"]), spec["activation"], spec["output"])
         for a, b in zip(theirs.coefs + theirs.intercepts, mine.coefs + mine.intercepts,
                         strict=True):
-            np.testing.assert_array_equal(a, b, err_msg=name)
-        assert mine.val_loss_curve == theirs.val_loss_curve, name
-        assert mine.train_loss_curve == theirs.train_loss_curve, name
-        assert (mine.best_epoch, mine.epochs_run) == (theirs.best_epoch, theirs.epochs_run)
+            assert a.shape == b.shape, name
+            np.testing.assert_allclose(b, a, rtol=0, atol=5e-5, err_msg=name)
+        np.testing.assert_allclose(mine.val_loss_curve, theirs.val_loss_curve, rtol=1e-6,
+                                   err_msg=name)
+        np.testing.assert_allclose(mine.train_loss_curve, theirs.train_loss_curve, rtol=1e-6,
+                                   err_msg=name)
+        assert (mine.best_epoch, mine.epochs_run) == (theirs.best_epoch, theirs.epochs_run), name
 
 
-def test_a_group_split_midway_rounds_as_0_3_0_did(reference, monkeypatch):
-    """When the sigmoid MLP stops, the relu group is split between the two threads midway."""
+def test_a_group_split_midway_changes_nothing(reference, monkeypatch):
+    """When the sigmoid MLP stops, the relu group is split between the two threads midway:
+    bit for bit what one thread computes, and what 0.3.0 trained."""
     X, y = data(700, 8, 2, "regression", seed=3)
     X_val, y_val = data(200, 8, 2, "regression", seed=4)
     grid = [{"hidden": (128, 128), "activation": "sigmoid", "output": "none"}] + [
@@ -102,13 +118,14 @@ def test_a_group_split_midway_rounds_as_0_3_0_did(reference, monkeypatch):
     try:
         old = reference._train_batched(grid, X, y, X_val, y_val, workers=1, **settings)
         new = search._train_batched(grid, X, y, X_val, y_val, workers=2, **settings)
+        assert splits == [True] or splits[0]  # split once the sigmoid MLP had stopped
+        one_thread = search._train_batched(grid, X, y, X_val, y_val, workers=1, **settings)
     finally:
         torch.set_num_threads(threads)
-    assert splits[0]  # the relu group was split once the sigmoid MLP had stopped
     assert old[0].epochs_run < min(fit.epochs_run for fit in old[1:])
-    for theirs, mine in zip(old, new, strict=True):
-        for a, b in zip(theirs.coefs + theirs.intercepts, mine.coefs + mine.intercepts,
+    assert_same_training(grid, old, new)
+    for alone, split_up in zip(one_thread, new, strict=True):
+        for a, b in zip(alone.coefs + alone.intercepts, split_up.coefs + split_up.intercepts,
                         strict=True):
             np.testing.assert_array_equal(a, b)
-        assert mine.val_loss_curve == theirs.val_loss_curve
-        assert (mine.best_epoch, mine.epochs_run) == (theirs.best_epoch, theirs.epochs_run)
+        assert alone.val_loss_curve == split_up.val_loss_curve

@@ -7,22 +7,25 @@ beside them as the extra candidate ``least_squares``; it never takes part in sel
 
 Every MLP of the grid trains at once, in groups of one activation (:class:`_FusedGroup`).
 The first layers of a group's MLPs are one matrix, so the widest product of a step is one
-matrix multiply; the deeper layers stay per MLP, unpadded. The backward pass is written out
-by hand: it calls the kernels autograd would call for the loss ``sum over probes of each
-probe's own mean squared error``, on operands laid out in memory as embench 0.3.0 laid them
-out, so every probe gets exactly the update it would get alone and the search reproduces
-0.3.0's numbers bit for bit. Parameters, gradients and Adam's moments live in one flat buffer
-per group (an Adam step is five element-wise ops), and every activation of a step is written
-into buffers allocated once. All probes see the same mini-batches in the same order.
+matrix multiply; the deeper layers stay per MLP, unpadded, and the output layers are computed
+transposed (BLAS is several times slower at a product with two columns than at its
+transpose). The backward pass is written out by hand for the loss ``sum over probes of each
+probe's own mean squared error``, so every probe gets exactly the update it would get alone;
+parameters, gradients and Adam's moments live in one flat buffer per group (an Adam step is
+one fused kernel), and every activation of a step is written into buffers allocated once. All
+probes see the same mini-batches in the same order.
 
 Each probe early-stops on its own: when it runs out of patience it leaves its group (which
 shrinks, so finished probes cost nothing) and keeps its best-validation weights. A probe
 trained here with seed ``s`` reproduces ``MLPProbe(..., seed=s)`` trained alone up to float
-rounding (same initialisation draws, same batch order, same Adam arithmetic).
+rounding (same initialisation draws, same batch order, same Adam arithmetic up to rounding).
+embench 0.3.0's search (padded stacks, autograd) trained the same probes with other rounding:
+``tests/test_probe_search_compat.py`` checks that both agree to float rounding, with the same
+epochs and the same selection.
 
 On CPU the groups are shared out between as many Python threads as the caller's torch
 thread count, an epoch at a time, each running its groups on one intra-op thread (the
-costliest group is split, between first widths, while a thread would idle); the linear
+costliest group is split in two while a thread would idle); the linear
 probe trains on a thread of its own beside them. Groups share nothing but the mini-batch
 order, so the result is bit-for-bit the same for any thread count; the layers are too small
 for torch's own intra-op threads to help (``benchmarks/probe_search.py`` measures both).
@@ -31,7 +34,6 @@ for torch's own intra-op threads to help (``benchmarks/probe_search.py`` measure
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import threading
 from collections.abc import Callable
@@ -421,17 +423,25 @@ def search_probes(
 class _FusedGroup:
     """MLPs of one activation, trained together with a hand-written backward pass.
 
-    The first layers of all members are one ``(n_in, sum of first widths)`` matrix, so the
-    widest product of the search is a single matrix multiply per batch; the deeper layers stay
-    per member, unpadded. Parameters, gradients and Adam's two moments each live in one flat
-    buffer (the per-layer tensors are views of it), so an Adam step is five element-wise ops.
-    Every activation and gradient of a step is written into buffers allocated once (freshly
-    allocated megabyte tensors cost page faults on every step, about as much as the arithmetic).
+    The members' layers are laid out by depth ("levels"): level 0 is every member's first
+    layer, side by side in one ``(n_in, sum of first widths)`` matrix, so the widest product of
+    the search is one matrix multiply per batch; level ``k`` holds the ``k``-th hidden layer of
+    every member that deep (a weight each, all biases in one vector), and the output layers
+    come last, each stored transposed ``(n_out, width)`` with all biases in one
+    ``(members, n_out)`` matrix. A step's activations follow the same layout: one
+    ``(rows, width)`` buffer per level, each member a column slice, and the outputs as
+    ``(members, n_out, rows)``. So the activation, its derivative and the bias gradients are one
+    call per level, and the output layer's products, which have a couple of columns at most,
+    take the transposed forms that BLAS runs several times faster than ``(rows, width) @
+    (width, n_out)``.
 
-    The backward pass calls the kernels autograd calls for ``sum over members of
-    mean((out - y) ** 2)``, on the operand layouts of embench 0.3.0's padded stacks; so every
+    Parameters, gradients and Adam's two moments each live in one flat buffer (the per-layer
+    tensors are views of it), so an Adam step is one fused kernel, and every activation and
+    gradient of a step is written into buffers allocated once per batch size (freshly
+    allocated megabyte tensors cost page faults on every step, about as much as the
+    arithmetic). The loss is ``sum over members of each member's mean squared error``, so every
     member gets the update it would get trained alone (``MLPProbe`` with the same seed, up to
-    float rounding) and exactly the update 0.3.0 gave it.
+    float rounding).
     """
 
     def __init__(
@@ -441,46 +451,55 @@ class _FusedGroup:
         n_in: int,
         n_out: int,
         init_seed: int,
+        lr: float,
         device: torch.device,
     ) -> None:
-        # Members of a family (one first width) side by side, shallowest first.
-        order = sorted(range(len(specs)),
-                       key=lambda i: (int(specs[i]["hidden"][0]), len(specs[i]["hidden"])))
-        specs = [specs[i] for i in order]
-        self.probe_ids = [probe_ids[i] for i in order]
+        self.relu = specs[0]["activation"] == "relu"
+        self.n_in, self.n_out, self.lr, self.device = n_in, n_out, lr, device
+        self.probe_ids = list(probe_ids)
         self.hidden = [tuple(int(h) for h in spec["hidden"]) for spec in specs]
         self.softmax = [spec["output"] == "softmax" for spec in specs]
-        self.relu = specs[0]["activation"] == "relu"
-        self.n_in, self.n_out, self.device = n_in, n_out, device
-        first_weights, first_biases, rest = [], [], []
+        members = []
         for hidden in self.hidden:
             generator = torch.Generator().manual_seed(init_seed)
             sizes = [n_in, *hidden, n_out]
-            layers = [init_linear(a, b, generator)
-                      for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
-            first_weights.append(layers[0][0].T)
-            first_biases.append(layers[0][1])
-            rest += [t for weight, bias in layers[1:] for t in (weight.T.contiguous(), bias)]
-        # 0.3.0 padded each family to its widest layer; that width decides (below) which
-        # kernel it used for the output layer's products.
-        self.family_width: dict[int, int] = {}
-        for hidden in self.hidden:
-            self.family_width[hidden[0]] = max(self.family_width.get(hidden[0], 0), *hidden)
-        self._build([torch.cat(first_weights, 1), torch.cat(first_biases), *rest])
+            members.append([(weight.T, bias) for weight, bias in (
+                init_linear(a, b, generator) for a, b in zip(sizes[:-1], sizes[1:], strict=True))])
+        self._build(members)
         self.best = [self.member_weights(member) for member in range(self.n_active)]
 
-    def _build(
-        self,
-        tensors: list[torch.Tensor],
-        exp_avg: list[torch.Tensor] | None = None,
-        exp_avg_sq: list[torch.Tensor] | None = None,
-    ) -> None:
-        """Flat buffers for ``tensors`` (first weight, first bias, then each member's layers).
+    # -- layout ------------------------------------------------------------------------------
 
-        Each tensor starts on a 64-byte boundary, as a tensor of its own would: MKL's matrix
-        products round differently into unaligned outputs, and these must match a probe
-        trained alone bit for bit.
+    def _build(self, members: list[list[tuple[torch.Tensor, torch.Tensor]]],
+               moments: tuple[list[Any], list[Any]] | None = None) -> None:
+        """Flat buffers for the members' layers (``(weight (in, out), bias)`` each).
+
+        ``moments`` gives Adam's two moments per member in the same form (zeros if None).
+        Each tensor starts on a 64-byte boundary.
         """
+        depth = max(len(hidden) for hidden in self.hidden)
+        # members with a hidden layer at each level, and their columns in the level's buffer
+        self.levels = [[m for m, hidden in enumerate(self.hidden) if len(hidden) > level]
+                       for level in range(depth)]
+        self.columns: list[dict[int, slice]] = []
+        for level, at_level in enumerate(self.levels):
+            edges = np.cumsum([0] + [self.hidden[m][level] for m in at_level]).tolist()
+            self.columns.append({m: slice(edges[i], edges[i + 1])
+                                 for i, m in enumerate(at_level)})
+        self.widths = [sum(self.hidden[m][level] for m in at_level)
+                       for level, at_level in enumerate(self.levels)]
+
+        def arrange(layers: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> list[torch.Tensor]:
+            tensors = [torch.cat([layers[m][0][0] for m in self.levels[0]], 1),
+                       torch.cat([layers[m][0][1] for m in self.levels[0]])]
+            for level in range(1, depth):
+                tensors += [layers[m][level][0] for m in self.levels[level]]
+                tensors.append(torch.cat([layers[m][level][1] for m in self.levels[level]]))
+            tensors += [layers[m][-1][0].T for m in range(len(layers))]
+            tensors.append(torch.stack([layers[m][-1][1] for m in range(len(layers))]))
+            return tensors
+
+        tensors = arrange(members)
         self.shapes = [tuple(t.shape) for t in tensors]
         self.starts, size = [], 0
         for shape in self.shapes:
@@ -488,15 +507,14 @@ class _FusedGroup:
             size += -(-math.prod(shape) // _ALIGN) * _ALIGN
         self.flat = self._pack(tensors, size)
         self.flat_grad = torch.zeros_like(self.flat)
-        self.exp_avg = torch.zeros_like(self.flat) if exp_avg is None else self._pack(exp_avg, size)
-        self.exp_avg_sq = (
-            torch.zeros_like(self.flat) if exp_avg_sq is None else self._pack(exp_avg_sq, size)
-        )
-        self.params = self._views(self.flat)
-        self.grads = self._views(self.flat_grad)
-        self.edges = np.cumsum([0] + [h[0] for h in self.hidden]).tolist()
-        self.workspace: dict[str, Any] = {}
-        self._index_families()
+        if moments is None:
+            self.exp_avg, self.exp_avg_sq = torch.zeros_like(self.flat), torch.zeros_like(self.flat)
+        else:
+            self.exp_avg = self._pack(arrange(moments[0]), size)
+            self.exp_avg_sq = self._pack(arrange(moments[1]), size)
+        self.step_count = torch.zeros((), device=self.device)  # set before each Adam step
+        self.params, self.grads = self._views(self.flat), self._views(self.flat_grad)
+        self.workspace: dict[int, dict[str, Any]] = {}
 
     def _pack(self, tensors: list[torch.Tensor], size: int) -> torch.Tensor:
         flat = torch.zeros(size, device=self.device)
@@ -510,10 +528,19 @@ class _FusedGroup:
             for start, shape in zip(self.starts, self.shapes, strict=True)
         ]
 
-    def _layers(self, views: list[torch.Tensor]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Each member's layers after the first, as ``(weight, bias)`` views."""
-        rest = iter(views[2:])
-        return [[(next(rest), next(rest)) for _ in hidden] for hidden in self.hidden]
+    def _member_layers(self, views: list[torch.Tensor],
+                       member: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A member's ``(weight (in, out), bias)`` per layer, as views of ``views``' buffer."""
+        layers = [(views[0][:, self.columns[0][member]], views[1][self.columns[0][member]])]
+        position = 2
+        for level in range(1, len(self.levels)):
+            at_level = self.levels[level]
+            if member in self.columns[level]:
+                layers.append((views[position + at_level.index(member)],
+                               views[position + len(at_level)][self.columns[level][member]]))
+            position += len(at_level) + 1
+        layers.append((views[position + member].T, views[position + self.n_active][member]))
+        return layers
 
     @property
     def n_active(self) -> int:
@@ -522,383 +549,191 @@ class _FusedGroup:
 
     def cost(self) -> int:
         """Multiply-adds per input row (to balance threads)."""
-        return sum(math.prod(shape) for shape in self.shapes if len(shape) == 2)
-
-    def _index_families(self) -> None:
-        """Group the members as embench 0.3.0 stacked them: by first width, then by depth.
-
-        The output layer's products and the loss are computed per family in 0.3.0's layout
-        (one ``(members, rows, n_out)`` tensor per depth, joined per family), so that every
-        operand sits at the same memory offset as it did there (see :meth:`_build`).
-        """
-        by_width: dict[int, list[int]] = {}
-        for member, hidden in enumerate(self.hidden):
-            by_width.setdefault(hidden[0], []).append(member)
-        self.families = []
-        for members in by_width.values():
-            ordered = sorted(members, key=lambda m: len(self.hidden[m]))
-            depths = sorted({len(self.hidden[m]) for m in ordered})
-            softmax = [self.softmax[m] for m in ordered]
-            self.families.append({
-                "width": self.family_width[self.hidden[ordered[0]][0]],
-                "members": ordered,
-                "by_depth": [[m for m in ordered if len(self.hidden[m]) == d] for d in depths],
-                "softmax": (torch.tensor(softmax, device=self.device).view(-1, 1, 1)
-                            if any(softmax) else None),
-            })
-        self.family_order = [m for family in self.families for m in family["members"]]
-
-    def plan(self, rows: int) -> dict[str, Any]:
-        """Buffers and views for a step on ``rows`` rows, made once per batch size.
-
-        Every activation and gradient of a step is written into these (freshly allocated
-        megabyte tensors cost page faults on every step, about as much as the arithmetic),
-        and the per-member views are cut once rather than on every step.
-        """
-        if rows in self.workspace:
-            return self.workspace[rows]
-
-        def zeros(*shape: int) -> torch.Tensor:
-            return torch.zeros(*shape, device=self.device)
-
-        first, first_grad = zeros(rows, self.edges[-1]), zeros(rows, self.edges[-1])
-        layers_of, grads_of = self._layers(self.params), self._layers(self.grads)
-        members = []
-        for member, hidden in enumerate(self.hidden):
-            columns = slice(self.edges[member], self.edges[member + 1])
-            inputs = [first[:, columns], *(zeros(rows, width) for width in hidden[1:])]
-            belows = [first_grad[:, columns], *(zeros(rows, width) for width in hidden[1:])]
-            layers = [
-                (weight, weight.t(), bias, weight_grad, bias_grad, inputs[depth], belows[depth])
-                for depth, ((weight, bias), (weight_grad, bias_grad)) in enumerate(
-                    zip(layers_of[member], grads_of[member], strict=True))
-            ]
-            members.append({
-                "layers": layers,
-                "swap": _swap_rounds_alike(rows, hidden[-1], self.n_out, self.device),
-            })
-        families = []
-        for family in self.families:
-            stacks = [torch.empty(len(m), rows, self.n_out, device=self.device)
-                      for m in family["by_depth"]]
-            diff = torch.empty(len(family["members"]), rows, self.n_out, device=self.device)
-            families.append({
-                "stacks": stacks,
-                "out": torch.empty_like(diff),
-                "diff": diff,
-                "tiny": self._tiny(family, rows),
-            })
-            for by_depth, stack in zip(family["by_depth"], stacks, strict=True):
-                for row, member in enumerate(by_depth):
-                    members[member]["out"] = stack[row]
-            for row, member in enumerate(family["members"]):
-                members[member]["grad"] = diff[row]
-                members[member]["tiny"] = self._tiny(family, rows)
-        if "denom" not in self.workspace:
-            self.workspace["denom"] = torch.zeros_like(self.flat)
-        # 0.3.0 took torch's own loop for a first layer with under 400 multiply-adds per
-        # member (a batch of a few rows of a few features), member by member
-        tiny_first = [
-            slice(self.edges[member], self.edges[member + 1])
-            for member, hidden in enumerate(self.hidden)
-            if self.n_in * rows * self.family_width[hidden[0]] < 400
-        ]
-        plan = {
-            "tiny_first": tiny_first,
-            "x": zeros(rows, self.n_in), "y": zeros(rows, self.n_out), "first": first,
-            "first_grad": first_grad, "members": members, "families": families,
-            "denom": self.workspace["denom"],
-        }
-        self.workspace[rows] = plan
-        return plan
-
-    def _hidden(
-        self, x: torch.Tensor, family: dict[str, Any] | None
-    ) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
-        """First-layer activations and each member's layer inputs (of ``family``, or all)."""
-        act = torch.relu_ if self.relu else torch.sigmoid_
-        if family is None:
-            members = range(self.n_active)
-            weight, bias, edges = self.params[0], self.params[1], self.edges
-        else:
-            members = family["members"]
-            start, stop = self.edges[members[0]], self.edges[members[-1] + 1]
-            weight, bias = self.params[0][:, start:stop], self.params[1][start:stop]
-            edges = [e - start for e in self.edges]
-        first = torch.addmm(bias, x, weight)
-        for member in members:  # as in train_step: 0.3.0's loop for tiny first layers
-            if self.n_in * len(x) * self.family_width[self.hidden[member][0]] < 400:
-                columns = slice(edges[member], edges[member + 1])
-                first[:, columns] = torch.baddbmm(bias[columns], x[None],
-                                                  weight[:, columns][None])[0]
-        act(first)
-        inputs: list[list[torch.Tensor]] = [[] for _ in range(self.n_active)]
-        layers_of = self._layers(self.params)
-        for member in members:
-            hidden = first[:, edges[member] : edges[member + 1]]
-            inputs[member].append(hidden)
-            for weight, bias in layers_of[member][:-1]:
-                hidden = act(torch.addmm(bias, hidden, weight))
-                inputs[member].append(hidden)
-        return first, inputs
-
-    def _family_outputs(
-        self, family: dict[str, Any], inputs: list[list[torch.Tensor]], rows: int
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """A family's outputs ``(members, rows, n_out)``, and its softmaxes (if it has any)."""
-        layers_of = self._layers(self.params)
-        stacks = []
-        for members in family["by_depth"]:
-            stack = torch.empty(len(members), rows, self.n_out, device=self.device)
-            for row, member in enumerate(members):
-                weight, bias = layers_of[member][-1]
-                if self._tiny(family, rows):
-                    torch.baddbmm(bias, inputs[member][-1][None], weight[None],
-                                  out=stack[row][None])
-                else:
-                    torch.addmm(bias, inputs[member][-1], weight, out=stack[row])
-            stacks.append(stack)
-        out = torch.cat(stacks) if len(stacks) > 1 else stacks[0]
-        if family["softmax"] is None:
-            return out, None
-        softmax = torch.softmax(out, dim=-1)
-        return torch.where(family["softmax"], softmax, out), softmax
-
-    def _tiny(self, family: dict[str, Any], rows: int) -> bool:
-        """Whether 0.3.0 took torch's own loop, not BLAS, for this family's output layer.
-
-        torch multiplies batched matrices with a plain loop when a product has under 400
-        multiply-adds (its rounding differs from BLAS); 0.3.0 batched its families, padded.
-        """
-        return rows * family["width"] * self.n_out < 400
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Outputs ``(members, B, n_out)`` for inputs ``(B, n_in)`` (no buffers kept)."""
-        _, inputs = self._hidden(x, None)
-        out = torch.empty(self.n_active, len(x), self.n_out, device=x.device)
-        for family in self.families:
-            out[family["members"]] = self._family_outputs(family, inputs, len(x))[0]
-        return out
-
-    def validation_sums(
-        self, x_val: torch.Tensor, y_val: torch.Tensor, chunks: dict[int, int]
-    ) -> list[torch.Tensor]:
-        """Each member's float64 sum of squared validation errors, family by family in chunks."""
-        sums: list[torch.Tensor] = [torch.zeros(())] * self.n_active
-        with torch.no_grad():
-            for family in self.families:
-                rows = chunks[self.probe_ids[family["members"][0]]]
-                total = torch.zeros(len(family["members"]), dtype=torch.float64,
-                                    device=x_val.device)
-                for start in range(0, len(x_val), rows):
-                    stop = min(start + rows, len(x_val))
-                    # 0.3.0's chunk (its float64 sums), computed in cache-sized blocks
-                    out = torch.empty(len(family["members"]), stop - start, self.n_out,
-                                      device=x_val.device)
-                    for first, last in _blocks(start, stop):
-                        _, inputs = self._hidden(x_val[first:last], family)
-                        out[:, first - start : last - start] = self._family_outputs(
-                            family, inputs, last - first)[0]
-                    total += squared_error_sum(out, y_val[start:stop])
-                for row, member in enumerate(family["members"]):
-                    sums[member] = total[row]
-        return sums
-
-    def train_step(
-        self, x: torch.Tensor, y: torch.Tensor, step_size: float, bias_correction2_sqrt: float
-    ) -> torch.Tensor:
-        """One Adam step on a mini-batch; returns each member's mean loss on it.
-
-        The losses come in family order (``self.family_order``), not member order.
-        """
-        rows = len(x)
-        plan = self.plan(rows)
-        act = torch.relu_ if self.relu else torch.sigmoid_
-        if self.relu:
-            def act_backward(grad: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
-                return torch.ops.aten.threshold_backward.grad_input(
-                    grad, result, 0, grad_input=grad)
-        else:
-            def act_backward(grad: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
-                return torch.ops.aten.sigmoid_backward.grad_input(grad, result, grad_input=grad)
-
-        # Forward, keeping every activation.
-        first = torch.addmm(self.params[1], x, self.params[0], out=plan["first"])
-        for columns in plan["tiny_first"]:
-            first[:, columns] = torch.baddbmm(
-                self.params[1][columns], x[None], self.params[0][:, columns][None])[0]
-        act(first)
-        members = plan["members"]
-        for member in members:
-            layers = member["layers"]
-            for (weight, _, bias, _, _, inputs, _), (*_, outputs, _) in zip(
-                layers[:-1], layers[1:], strict=True
-            ):
-                act(torch.addmm(bias, inputs, weight, out=outputs))
-        losses = []
-        grads: dict[int, torch.Tensor] = {}
-        # d mean / d out = 1/n (rounded once), times d (out - y)^2 / d out = 2 (out - y).
-        scale = torch.ones((), device=x.device) / (rows * self.n_out)
-        for family, buffers in zip(self.families, plan["families"], strict=True):
-            for by_depth in family["by_depth"]:
-                for member in by_depth:
-                    weight, _, bias, _, _, inputs, _ = members[member]["layers"][-1]
-                    if buffers["tiny"]:
-                        torch.baddbmm(bias, inputs[None], weight[None],
-                                      out=members[member]["out"][None])
-                    else:
-                        torch.addmm(bias, inputs, weight, out=members[member]["out"])
-            stacks = buffers["stacks"]
-            out = torch.cat(stacks, out=buffers["out"]) if len(stacks) > 1 else stacks[0]
-            mask = family["softmax"]
-            if mask is not None:
-                softmax = torch.softmax(out, dim=-1)
-                out = torch.where(mask, softmax, out)
-            diff = torch.sub(out, y, out=buffers["diff"])
-            losses.append(diff.pow(2).mean(dim=(1, 2)))
-            grad = diff.mul_(2.0).mul_(scale)
-            if mask is not None:
-                through = torch._softmax_backward_data(
-                    torch.where(mask, grad, 0.0), softmax, -1, softmax.dtype)
-                grad = torch.where(mask, 0.0, grad) + through
-                for row, member in enumerate(family["members"]):
-                    grads[member] = grad[row]
-
-        # Backward, layer by layer from the output.
-        for index, member in enumerate(members):
-            grad = grads.get(index, member["grad"])
-            layers = member["layers"]
-            last = len(layers) - 1
-            for depth in range(last, -1, -1):
-                _, weight_t, _, weight_grad, bias_grad, inputs, below = layers[depth]
-                if depth == last and member["tiny"]:
-                    torch.bmm(inputs.t()[None], grad[None], out=weight_grad[None])
-                    torch.bmm(grad[None], weight_t[None], out=below[None])
-                else:
-                    if depth == last and member["swap"]:
-                        # 3-5x faster than h^T grad for a few outputs; the same numbers
-                        weight_grad.copy_(torch.mm(grad.t(), inputs).t())
-                    else:
-                        torch.mm(inputs.t(), grad, out=weight_grad)
-                    torch.mm(grad, weight_t, out=below)
-                torch.sum(grad, 0, out=bias_grad)
-                if depth:
-                    grad = act_backward(below, inputs)
-        grad = act_backward(plan["first_grad"], first)
-        torch.mm(x.t(), grad, out=self.grads[0])
-        for columns in plan["tiny_first"]:
-            self.grads[0][:, columns] = torch.bmm(x.t()[None], grad[:, columns][None])[0]
-        torch.sum(grad, 0, out=self.grads[1])
-
-        # torch.optim.Adam's default update, element-wise on the flat buffers.
-        beta1, beta2 = _ADAM_BETAS
-        flat_grad = self.flat_grad
-        self.exp_avg.lerp_(flat_grad, 1 - beta1)
-        self.exp_avg_sq.mul_(beta2).addcmul_(flat_grad, flat_grad, value=1 - beta2)
-        denom = torch.sqrt(self.exp_avg_sq, out=plan["denom"])
-        denom.div_(bias_correction2_sqrt).add_(_ADAM_EPS)
-        self.flat.addcdiv_(self.exp_avg, denom, value=-step_size)
-        return torch.cat(losses)
-
-    def member_weights(self, member: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """A copy (on CPU) of a member's current ``(weight (in, out), bias)`` per layer."""
-        start, stop = self.edges[member], self.edges[member + 1]
-        layers = [(self.params[0][:, start:stop], self.params[1][start:stop])]
-        layers += self._layers(self.params)[member]
-        return [(w.detach().cpu().clone(), b.detach().cpu().clone()) for w, b in layers]
-
-    def _state(self, keep: list[bool]) -> tuple[list[torch.Tensor], ...]:
-        """Parameters and Adam moments of the members where ``keep`` is true, as tensors."""
-        columns = torch.tensor(
-            [c for m, k in enumerate(keep) if k for c in range(self.edges[m], self.edges[m + 1])],
-            dtype=torch.long, device=self.device,
-        )
-
-        def kept(views: list[torch.Tensor]) -> list[torch.Tensor]:
-            layers = self._layers(views)
-            rest = [t for m, k in enumerate(keep) if k for pair in layers[m] for t in pair]
-            return [views[0][:, columns], views[1][columns], *rest]
-
-        return (kept(self.params), kept(self._views(self.exp_avg)),
-                kept(self._views(self.exp_avg_sq)))
-
-    def drop(self, keep: list[bool]) -> None:
-        """Keep only the members where ``keep`` is true (buffers and Adam state shrink)."""
-        params, exp_avg, exp_avg_sq = self._state(keep)
-        self.probe_ids = [p for p, k in zip(self.probe_ids, keep, strict=True) if k]
-        self.hidden = [h for h, k in zip(self.hidden, keep, strict=True) if k]
-        self.softmax = [s for s, k in zip(self.softmax, keep, strict=True) if k]
-        self.best = [b for b, k in zip(self.best, keep, strict=True) if k]
-        if self.probe_ids:
-            self._build(params, exp_avg, exp_avg_sq)
-
-    def split(self) -> _FusedGroup | None:
-        """Move about half of the work (whole families) into a new group; None if one family.
-
-        Lets an idle thread take over part of the last group still training. Members keep
-        their parameters, Adam state and best weights, so the result is unchanged.
-        """
-        if len(self.families) < 2:
-            return None
-        halves: list[list[dict[str, Any]]] = [[], []]
-
-        def load(half: list[dict[str, Any]]) -> int:
-            return sum(self._member_cost(m) for family in half for m in family["members"])
-
-        for family in sorted(self.families, key=lambda f: -sum(map(self._member_cost,
-                                                                       f["members"]))):
-            min(halves, key=load).append(family)
-        moved = {m for family in halves[1] for m in family["members"]}
-        leave = [m in moved for m in range(self.n_active)]
-        other = object.__new__(_FusedGroup)
-        other.relu, other.n_in, other.n_out = self.relu, self.n_in, self.n_out
-        other.device, other.family_width = self.device, dict(self.family_width)
-        other.probe_ids = [p for p, k in zip(self.probe_ids, leave, strict=True) if k]
-        other.hidden = [h for h, k in zip(self.hidden, leave, strict=True) if k]
-        other.softmax = [s for s, k in zip(self.softmax, leave, strict=True) if k]
-        other.best = [b for b, k in zip(self.best, leave, strict=True) if k]
-        other._build(*self._state(leave))
-        self.drop([not k for k in leave])
-        return other
+        return sum(map(self._member_cost, range(self.n_active)))
 
     def _member_cost(self, member: int) -> int:
         sizes = [self.n_in, *self.hidden[member], self.n_out]
         return sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
 
+    def plan(self, rows: int) -> dict[str, Any]:
+        """Buffers and views for a step on ``rows`` rows, made once per batch size."""
+        if rows in self.workspace:
+            return self.workspace[rows]
+        device = self.device
+        acts = [torch.zeros(rows, width, device=device) for width in self.widths]
+        grads = [torch.zeros(rows, width, device=device) for width in self.widths]
+        members = [self._member_layers(self.params, m) for m in range(self.n_active)]
+        member_grads = [self._member_layers(self.grads, m) for m in range(self.n_active)]
+        hidden_layers = []  # level >= 1: (weight, weight^T, bias, its grads, input, output)
+        for level in range(1, len(self.levels)):
+            layers = []
+            for m in self.levels[level]:
+                (weight, bias), (weight_grad, _) = members[m][level], member_grads[m][level]
+                below, here = self.columns[level - 1][m], self.columns[level][m]
+                layers.append((weight, weight.t(), bias, weight_grad, acts[level - 1][:, below],
+                               acts[level][:, here], grads[level - 1][:, below],
+                               grads[level][:, here]))
+            hidden_layers.append(layers)
+        outputs = []  # (weight (n_out, width), its grad, last hidden, its grad)
+        for m, hidden in enumerate(self.hidden):
+            last, columns = len(hidden) - 1, self.columns[len(hidden) - 1][m]
+            outputs.append((members[m][-1][0].t(), member_grads[m][-1][0].t(),
+                            acts[last][:, columns], grads[last][:, columns]))
+        softmax = (torch.tensor(self.softmax, device=device).view(-1, 1, 1)
+                   if any(self.softmax) else None)
+        out = torch.zeros(self.n_active, self.n_out, rows, device=device)
+        diff = torch.zeros(self.n_active, self.n_out, rows, device=device)
+        plan = {
+            "x": torch.zeros(rows, self.n_in, device=device),
+            "y": torch.zeros(self.n_out, rows, device=device),
+            "acts": acts, "grads": grads, "hidden_layers": hidden_layers, "outputs": outputs,
+            "out": out, "diff": diff, "out_rows": list(out), "grad_rows": list(diff),
+            "out_bias": self.params[-1].unsqueeze(2), "out_bias_grad": self.grads[-1],
+            "level_bias_grads": [self.grads[1]] + [
+                self.grads[self._level_start(level) + len(self.levels[level])]
+                for level in range(1, len(self.levels))],
+            "softmax": softmax,
+        }
+        self.workspace[rows] = plan
+        return plan
 
-@functools.cache
-def _swap_rounds_alike(rows: int, width: int, n_out: int, device: torch.device) -> bool:
-    """Whether ``(grad^T h)^T`` equals ``h^T grad`` bit for bit for these shapes here.
+    def _level_start(self, level: int) -> int:
+        """Index in ``self.params`` of level ``level``'s first weight (level >= 1)."""
+        return 2 + sum(len(self.levels[k]) + 1 for k in range(1, level))
 
-    Both sum the same products; whether in the same order is up to the BLAS kernels the
-    shapes select (on this project's AVX2 CPUs with MKL: yes for 1 or 2 outputs, no for 5).
-    Checked once per shape on random data spread over many magnitudes (where any difference
-    in summation order shows), with the gradient at every 4-byte offset mod 16 bytes.
-    """
-    if device.type != "cpu":
-        return False
-    generator = torch.Generator().manual_seed(0)
-    h = torch.rand(rows, width, generator=generator) * torch.logspace(-3, 3, width)
-    flat = torch.randn(rows * n_out + 3, generator=generator) * 10.0 ** torch.randint(
-        -4, 4, (rows * n_out + 3,), generator=generator)
-    for offset in range(4):
-        grad = flat[offset : offset + rows * n_out].view(rows, n_out)
-        if not torch.equal(torch.mm(grad.t(), h).t(), torch.mm(h.t(), grad)):
-            return False
-    return True
+    # -- computing ---------------------------------------------------------------------------
 
+    def _forward(self, plan: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
+        """Outputs ``(members, n_out, rows)`` for ``x``; every activation stays in ``plan``."""
+        act = torch.relu_ if self.relu else torch.sigmoid_
+        acts = plan["acts"]
+        act(torch.addmm(self.params[1], x, self.params[0], out=acts[0]))
+        for level, layers in enumerate(plan["hidden_layers"], start=1):
+            for weight, _, bias, _, inputs, outputs, _, _ in layers:
+                torch.addmm(bias, inputs, weight, out=outputs)
+            act(acts[level])
+        for (weight, _, hidden, _), out in zip(plan["outputs"], plan["out_rows"], strict=True):
+            torch.mm(weight, hidden.t(), out=out)  # (n_out, rows): the fast form
+        return plan["out"].add_(plan["out_bias"])
 
-def _blocks(start: int, stop: int) -> list[tuple[int, int]]:
-    """Rows ``start:stop`` in blocks of about ``_VAL_ROWS``, none under 16 rows unless all are.
+    def validation_sums(self, x_val: torch.Tensor, y_val_t: torch.Tensor) -> torch.Tensor:
+        """Each member's float64 sum of squared validation errors (``y_val_t``: targets^T)."""
+        total = torch.zeros(self.n_active, dtype=torch.float64, device=x_val.device)
+        with torch.no_grad():
+            for start in range(0, len(x_val), _VAL_ROWS):
+                x = x_val[start : start + _VAL_ROWS]
+                plan = self.plan(len(x))
+                out = self._forward(plan, x)
+                if plan["softmax"] is not None:
+                    out = torch.where(plan["softmax"], torch.softmax(out, dim=1), out)
+                total += squared_error_sum(out, y_val_t[:, start : start + len(x)])
+        return total
 
-    A block's rows come out the same as in one product over all the rows (the kernels work row
-    by row), except in products under 400 multiply-adds, which 0.3.0 ran through torch's own
-    loop: a block of 16 rows or more never is one, so blocks only change the speed.
-    """
-    bounds = list(range(start, stop, _VAL_ROWS)) + [stop]
-    if len(bounds) > 2 and bounds[-1] - bounds[-2] < 16:
-        del bounds[-2]
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
+    def train_step(self, x: torch.Tensor, y_t: torch.Tensor, steps: int) -> torch.Tensor:
+        """One Adam step on a mini-batch (``y_t``: its targets transposed, ``(n_out, rows)``).
+
+        Returns each member's mean loss on the batch.
+        """
+        rows = len(x)
+        plan = self.plan(rows)
+        out = self._forward(plan, x)
+        mask = plan["softmax"]
+        if mask is not None:
+            softmax = torch.softmax(out, dim=1)
+            out = torch.where(mask, softmax, out)
+        diff = torch.sub(out, y_t, out=plan["diff"])
+        losses = diff.square().mean(dim=(1, 2))
+        # d mean((out - y)^2) / d out = 2 (out - y) / (rows * n_out)
+        grad = diff.mul_(2.0 / (rows * self.n_out))
+        if mask is not None:
+            through = torch._softmax_backward_data(
+                torch.where(mask, grad, 0.0), softmax, 1, softmax.dtype)
+            grad.copy_(torch.where(mask, through, grad))
+
+        if self.relu:
+            def act_backward(grad: torch.Tensor, result: torch.Tensor) -> None:
+                torch.ops.aten.threshold_backward.grad_input(grad, result, 0, grad_input=grad)
+        else:
+            def act_backward(grad: torch.Tensor, result: torch.Tensor) -> None:
+                torch.ops.aten.sigmoid_backward.grad_input(grad, result, grad_input=grad)
+
+        # Output layers: (n_out, rows) @ (rows, width) and its transpose, per member.
+        torch.sum(grad, 2, out=plan["out_bias_grad"])
+        for (weight, weight_grad, hidden, hidden_grad), rows_grad in zip(
+            plan["outputs"], plan["grad_rows"], strict=True
+        ):
+            torch.mm(rows_grad, hidden, out=weight_grad)
+            torch.mm(rows_grad.t(), weight, out=hidden_grad)
+        acts, grads, bias_grads = plan["acts"], plan["grads"], plan["level_bias_grads"]
+        for level in range(len(acts) - 1, 0, -1):
+            act_backward(grads[level], acts[level])
+            torch.sum(grads[level], 0, out=bias_grads[level])
+            for _, weight_t, _, weight_grad, inputs, _, below, here in plan["hidden_layers"][
+                level - 1
+            ]:
+                torch.mm(inputs.t(), here, out=weight_grad)
+                torch.mm(here, weight_t, out=below)
+        act_backward(grads[0], acts[0])
+        torch.mm(x.t(), grads[0], out=self.grads[0])
+        torch.sum(grads[0], 0, out=self.grads[1])
+
+        self.step_count.fill_(steps)
+        torch._fused_adam_(
+            [self.flat], [self.flat_grad], [self.exp_avg], [self.exp_avg_sq], [],
+            [self.step_count], lr=self.lr, beta1=_ADAM_BETAS[0], beta2=_ADAM_BETAS[1],
+            weight_decay=0.0, eps=_ADAM_EPS, amsgrad=False, maximize=False,
+        )
+        return losses
+
+    # -- members -----------------------------------------------------------------------------
+
+    def member_weights(self, member: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A copy (on CPU) of a member's current ``(weight (in, out), bias)`` per layer."""
+        return [(w.detach().cpu().clone(), b.detach().cpu().clone())
+                for w, b in self._member_layers(self.params, member)]
+
+    def _take(self, keep: list[bool]) -> tuple[list[Any], tuple[list[Any], list[Any]]]:
+        """The layers and Adam moments of the members where ``keep`` is true."""
+        def of(buffer: torch.Tensor) -> list[Any]:
+            views = self._views(buffer)
+            return [self._member_layers(views, m) for m, k in enumerate(keep) if k]
+
+        return of(self.flat), (of(self.exp_avg), of(self.exp_avg_sq))
+
+    def _keep_lists(self, keep: list[bool]) -> None:
+        for name in ("probe_ids", "hidden", "softmax", "best"):
+            setattr(self, name, [v for v, k in zip(getattr(self, name), keep, strict=True) if k])
+
+    def drop(self, keep: list[bool]) -> None:
+        """Keep only the members where ``keep`` is true (buffers and Adam state shrink)."""
+        layers, moments = self._take(keep)
+        self._keep_lists(keep)
+        if self.probe_ids:
+            self._build(layers, moments)
+
+    def split(self) -> _FusedGroup | None:
+        """Move about half of the work into a new group; None if one member is left.
+
+        Lets an idle thread take over part of the last group still training. Members keep
+        their parameters, Adam state and best weights, so the result is unchanged.
+        """
+        if self.n_active < 2:
+            return None
+        loads, leave = [0, 0], [False] * self.n_active
+        for member in sorted(range(self.n_active), key=self._member_cost, reverse=True):
+            half = loads.index(min(loads))
+            loads[half] += self._member_cost(member)
+            leave[member] = half == 1
+        other = object.__new__(_FusedGroup)
+        other.relu, other.n_in, other.n_out = self.relu, self.n_in, self.n_out
+        other.lr, other.device = self.lr, self.device
+        for name in ("probe_ids", "hidden", "softmax", "best"):
+            setattr(other, name, getattr(self, name))
+        layers, moments = self._take(leave)
+        other._keep_lists(leave)
+        other._build(layers, moments)
+        self.drop([not k for k in leave])
+        return other
 
 
 def _train_batched(
@@ -932,10 +767,12 @@ def _train_batched(
     for index, spec in enumerate(grid):
         by_activation.setdefault(spec["activation"], []).append(index)
     # one group per activation; more threads than groups split them (below, each epoch)
-    groups = [_FusedGroup(ids, [grid[i] for i in ids], X.shape[1], Y.shape[1], init_seed, device)
+    groups = [_FusedGroup(ids, [grid[i] for i in ids], X.shape[1], Y.shape[1], init_seed, lr,
+                          device)
               for _, ids in sorted(by_activation.items())]
-    x_train, y_train = torch.from_numpy(X).to(device), torch.from_numpy(Y).to(device)
-    x_val, y_val = torch.from_numpy(X_val).to(device), torch.from_numpy(Y_val).to(device)
+    # targets transposed, (n_out, rows): the layout of the groups' outputs
+    x_train, y_train = torch.from_numpy(X).to(device), torch.from_numpy(Y.T.copy()).to(device)
+    x_val, y_val = torch.from_numpy(X_val).to(device), torch.from_numpy(Y_val.T.copy()).to(device)
     shuffle_gen = torch.Generator().manual_seed(shuffle_seed)
     n, n_probes = len(x_train), len(grid)
     batches = math.ceil(n / batch_size)
@@ -947,30 +784,20 @@ def _train_batched(
     train_curves: list[list[float]] = [[] for _ in range(n_probes)]
     fitted_weights: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
-    def train_epoch(
-        group: _FusedGroup, order: torch.Tensor, steps: int, chunks: dict[int, int]
-    ) -> list[list[float]]:
+    def train_epoch(group: _FusedGroup, order: torch.Tensor, steps: int) -> list[list[float]]:
         """One epoch of a group; returns its members' train and validation losses."""
         train_sum = torch.zeros(group.n_active, dtype=torch.float64, device=device)
         for start in range(0, n, batch_size):
             batch = order[start : start + batch_size]
             plan = group.plan(len(batch))
             x = torch.index_select(x_train, 0, batch, out=plan["x"])
-            y = torch.index_select(y_train, 0, batch, out=plan["y"])
+            y = torch.index_select(y_train, 1, batch, out=plan["y"])
             steps += 1
-            per_member = group.train_step(
-                x, y, lr / (1 - _ADAM_BETAS[0] ** steps), math.sqrt(1 - _ADAM_BETAS[1] ** steps)
-            )
-            train_sum += per_member.double() * len(batch)
-        in_family_order = (train_sum / n).cpu().tolist()
-        train_losses = [0.0] * group.n_active
-        for position, member in enumerate(group.family_order):
-            train_losses[member] = in_family_order[position]
-        return [train_losses, _validation_loss(group, x_val, y_val, chunks)]
+            train_sum.add_(group.train_step(x, y, steps), alpha=len(batch))
+        return [(train_sum / n).cpu().tolist(), _validation_loss(group, x_val, y_val)]
 
     steps, epoch = 0, 0
-    families = {(spec["activation"], int(spec["hidden"][0])) for spec in grid}
-    workers = max(1, min(workers, len(families)))  # a group never splits a family
+    workers = max(1, min(workers, n_probes))
     pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
     with (
         stage(progress, "probe search", total=max_epochs) as bar,
@@ -986,8 +813,7 @@ def _train_batched(
                 groups.append(part)
                 active.append(part)
             order = epoch_order(n, shuffle_gen).to(device)
-            chunks = _validation_chunks(grid, [p for g in active for p in g.probe_ids], Y.shape[1])
-            results = _run_side_by_side(pool, workers, active, train_epoch, order, steps, chunks)
+            results = _run_side_by_side(pool, workers, active, train_epoch, order, steps)
             steps += batches
             for group, (train_losses, val_losses) in zip(active, results, strict=True):
                 keep = []
@@ -1066,33 +892,6 @@ def _run_side_by_side(
     return [results[index] for index in range(len(groups))]
 
 
-def _validation_chunks(grid: list[dict[str, Any]], active: list[int], n_out: int) -> dict[int, int]:
-    """Rows per validation chunk of each active probe.
-
-    The float64 sums of squared errors are added up chunk by chunk, so the chunking decides
-    the last bits of a validation loss. These are the chunks of embench 0.3.0 (which stacked
-    the MLPs that share a first width and an activation, zero-padded to their widest layer),
-    so that its published records still reproduce bit for bit with ``embench verify``.
-    """
-    def family(probe: int) -> tuple[int, str]:
-        return int(grid[probe]["hidden"][0]), grid[probe]["activation"]
-
-    widths: dict[tuple[int, str], int] = {}
-    for probe, spec in enumerate(grid):
-        key = family(probe)
-        widths[key] = max(widths.get(key, 0), *(int(h) for h in spec["hidden"]))
-    counts: dict[tuple[int, str], int] = {}
-    for probe in active:
-        counts[family(probe)] = counts.get(family(probe), 0) + 1
-    return {
-        probe: max(1, 2**23 // (counts[family(probe)] * max(widths[family(probe)], n_out)))
-        for probe in active
-    }
-
-
-def _validation_loss(
-    group: _FusedGroup, x_val: torch.Tensor, y_val: torch.Tensor, chunks: dict[int, int]
-) -> list[float]:
+def _validation_loss(group: _FusedGroup, x_val: torch.Tensor, y_val_t: torch.Tensor) -> list[float]:
     """Validation MSE per member, over all samples and target dims (summed in float64)."""
-    return [float(total.cpu()) / y_val.numel()
-            for total in group.validation_sums(x_val, y_val, chunks)]
+    return (group.validation_sums(x_val, y_val_t) / y_val_t.numel()).cpu().tolist()

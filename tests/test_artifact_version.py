@@ -1,0 +1,118 @@
+"""Two versions: artifacts (data, checkpoints, embeddings) keyed apart from records.
+
+A release that changes only the probe search bumps the package version (``CODE_VERSION``):
+its runs reuse every checkpoint, embedding and reconstruction result and recompute only the
+record. A change to what the artifacts hold bumps ``ARTIFACT_VERSION``, which re-keys them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from embench.errors import DataError
+from embench.leaderboard import load_records
+from embench.results import RunRecord, load_record
+from embench.runner import RunConfig, run
+from embench.storage import ARTIFACT_VERSION, CODE_VERSION
+
+BOARD = Path(__file__).resolve().parents[1] / "leaderboard" / "results"
+
+pytestmark = pytest.mark.filterwarnings("ignore:builtin type .* has no __module__")  # Box2D
+
+
+@pytest.fixture
+def home(_isolated_home, smoke_lunarlander, one_torch_thread):
+    """This test's EMBENCH_HOME (conftest's), holding the smoke data already."""
+    return smoke_lunarlander(_isolated_home)
+
+
+def patch_everywhere(monkeypatch, name: str, value: str) -> list[str]:
+    """Set ``name`` to ``value`` in every embench module holding it; return those modules."""
+    original = getattr(sys.modules["embench.storage"], name)
+    patched = [module_name for module_name, module in list(sys.modules.items())
+               if module_name.split(".")[0] == "embench"
+               and getattr(module, name, None) == original]
+    for module_name in patched:
+        monkeypatch.setattr(sys.modules[module_name], name, value)
+    return patched
+
+
+def test_a_package_version_bump_reuses_every_artifact_and_rekeys_the_record(home,
+                                                                            monkeypatch):
+    config = RunConfig(encoder="ae", task="lunarlander", preset="smoke", z=4)
+    first = run(config)
+    assert not first.checkpoint_hit and not first.cache_hit
+    assert first.record.embench_version == CODE_VERSION
+    assert first.record.artifact_version == ARTIFACT_VERSION
+
+    bumped = "embench-99.0.0"  # a probe-only release: the artifact version stays
+    patched = patch_everywhere(monkeypatch, "CODE_VERSION", bumped)
+    assert {"embench.storage", "embench.results", "embench.runner"} <= set(patched)
+    messages: list[str] = []
+    second = run(config, log=messages.append)
+
+    assert second.checkpoint_hit and second.cache_hit and not second.record_hit
+    assert "reconstruction reused from the checkpoint" in messages
+    record = second.record
+    assert record.embench_version == bumped and record.artifact_version == ARTIFACT_VERSION
+    for key in ("train", "encoder", "data", "embeddings"):  # the artifacts' keys
+        assert record.fingerprints[key] == first.record.fingerprints[key]
+    assert record.run_key != first.record.run_key
+    assert record.protocol_id != first.record.protocol_id
+    assert second.record_path != first.record_path and first.record_path.exists()
+    assert record.reconstruction["test_l1_after"] == first.record.reconstruction["test_l1_after"]
+    assert record.test == first.record.test  # the same probe search on the same embeddings
+    assert record.consistency_problems() == []
+
+    monkeypatch.undo()  # an older (or newer) embench rechecks it with the record's versions
+    stored = load_record(second.record_path)
+    assert (stored.embench_version, stored.artifact_version) == (bumped, ARTIFACT_VERSION)
+    assert stored.consistency_problems() == []
+    assert load_record(first.record_path).consistency_problems() == []
+
+
+def test_an_artifact_version_bump_rekeys_the_checkpoint(home, monkeypatch):
+    config = RunConfig(encoder="pca", task="lunarlander", preset="smoke")
+    first = run(config)
+    assert run(config).record_hit  # unchanged versions: nothing is recomputed
+
+    bumped = "embench-99.0.0"
+    patched = patch_everywhere(monkeypatch, "ARTIFACT_VERSION", bumped)
+    assert "embench.runner" in patched
+    second = run(config)
+
+    assert not second.checkpoint_hit and not second.record_hit
+    record = second.record
+    assert record.fingerprints["train"] != first.record.fingerprints["train"]
+    assert record.run_key != first.record.run_key
+    assert record.artifact_version == bumped and record.embench_version == CODE_VERSION
+    assert record.protocol_id == first.record.protocol_id  # same release: same table
+    assert record.consistency_problems() == []
+
+
+def test_a_record_from_before_the_split_loads_and_checks_out():
+    path = sorted(BOARD.glob("lunarlander/ae-z64-seed0-*.json"))[0]
+    data = json.loads(path.read_text())
+    assert "artifact_version" not in data
+    record = load_record(path)
+    assert record.artifact_version is None and record.embench_version == "embench-0.3.0"
+    assert record.consistency_problems() == []
+    assert record.to_dict() == data  # written back unchanged: no invented field
+
+    data["encoder_config"]["lr"] = 0.1  # the check is live
+    problems = RunRecord.from_dict(data).consistency_problems()
+    assert any("fingerprints.train" in p for p in problems)
+
+    data["artifact_version"] = 3
+    with pytest.raises(DataError, match="'artifact_version' should be str"):
+        RunRecord.from_dict(data)
+
+
+def test_the_published_board_still_checks_out():
+    loaded = load_records([BOARD])
+    assert loaded.problems == []
+    assert len(loaded.records) == len(list(BOARD.rglob("*.json"))) > 0
