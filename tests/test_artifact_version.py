@@ -20,6 +20,8 @@ from embench.runner import RunConfig, run
 from embench.storage import ARTIFACT_VERSION, CODE_VERSION
 
 BOARD = Path(__file__).resolve().parents[1] / "leaderboard" / "results"
+#: A board record of embench 0.3.0 (AE, seed 0), as published before the artifact version.
+OLD_RECORD = Path(__file__).parent / "data" / "record-embench-0.3.0.json"
 
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type .* has no __module__")  # Box2D
 
@@ -95,7 +97,7 @@ def test_an_artifact_version_bump_rekeys_the_checkpoint(home, monkeypatch):
 
 
 def test_a_record_from_before_the_split_loads_and_checks_out():
-    path = sorted(BOARD.glob("lunarlander/ae-z64-seed0-*.json"))[0]
+    path = OLD_RECORD
     data = json.loads(path.read_text())
     assert "artifact_version" not in data
     record = load_record(path)
@@ -116,3 +118,14 @@ def test_the_published_board_still_checks_out():
     loaded = load_records([BOARD])
     assert loaded.problems == []
     assert len(loaded.records) == len(list(BOARD.rglob("*.json"))) > 0
+
+
+def test_the_board_re_probed_at_this_version_kept_its_artifacts():
+    """The board's records were re-probed from 0.3.0's checkpoints and embeddings."""
+    old = load_record(OLD_RECORD)
+    [new] = [r for r in load_records([BOARD]).records
+             if (r.encoder, r.z_dim, r.seed) == (old.encoder, old.z_dim, old.seed)]
+    assert new.artifact_version == old.embench_version
+    for key in ("train", "encoder", "data", "embeddings"):
+        assert new.fingerprints[key] == old.fingerprints[key], key
+    assert new.protocol_id != old.protocol_id and new.run_key != old.run_key
