@@ -532,7 +532,7 @@ def _how_made(group: Group) -> str:
                f"--seeds {len(seeds)}" + (f" --z {','.join(map(str, zs))}" if zs else "")
                + (f" --device {group.device}" if group.device != "cpu" else "")
                + (f" --precision {group.precision}" if group.precision != "fp32" else ""))
-    rows, total, reused = [], 0.0, 0
+    rows, total, reused, embeddings_reused = [], 0.0, 0, 0
     for r in recs:
         t, training = r.timings or {}, r.training or {}
         hit = bool((r.cache or {}).get("checkpoint_hit"))
@@ -546,8 +546,13 @@ def _how_made(group: Group) -> str:
         wall = sum(stages.values())
         total += wall
         reused += hit
+        cached = bool((r.cache or {}).get("embedding_cache_hit"))
+        embeddings_reused += cached
+        cells = {name: _minutes(v) for name, v in stages.items()}
+        if cached:
+            cells["embed"] = "cached ‡"
         rows.append(f"| {encoder_label(r.encoder)} | {r.z_dim} | {r.seed} | "
-                    + " | ".join(_minutes(v) for v in stages.values())
+                    + " | ".join(cells.values())
                     + f" | {_minutes(wall)}{' †' if hit else ''} | {r.threads or '–'} |")
     versions = ", ".join(sorted({r.embench_version for r in recs}))
     lines = [
@@ -565,6 +570,9 @@ def _how_made(group: Group) -> str:
     if reused:
         lines[-1] += (" † reused a checkpoint trained by an earlier run of the same training "
                       "fingerprint: its train and decoder times are that run's.")
+    if embeddings_reused:
+        lines[-1] += (" ‡ reused the embeddings an earlier run had cached; the time that run "
+                      "took to compute them is not counted.")
     return "\n".join(lines)
 
 

@@ -504,3 +504,21 @@ def test_the_published_board_says_how_it_was_made_and_shows_its_notes(tmp_path):
     # render_markdown alone (notebooks, the golden file) adds neither
     assert "How these numbers were made" not in render_markdown(
         [load_record(p) for p in sorted(results.rglob("*.json"))], results_dir=results)
+
+
+def test_the_run_table_marks_embeddings_read_from_the_cache(tmp_path):
+    from embench.compare import encoder_label
+    from embench.leaderboard import publish
+
+    _, results = _tie_board(tmp_path)
+    paths = sorted(results.rglob("*.json"))
+    data = json.loads(paths[0].read_text())
+    data["cache"] = {"checkpoint_hit": False, "embedding_cache_hit": True}
+    data["timings"] = {**(data.get("timings") or {}), "embed_seconds": 0.02}
+    paths[0].write_text(json.dumps(data))
+    out = tmp_path / "board"
+    out.mkdir()
+    text = publish(paths, out).read_text()
+    rows = [line for line in text.splitlines() if "| cached ‡ |" in line]
+    assert len(rows) == 1 and rows[0].startswith(f"| {encoder_label(data['encoder'])} |")
+    assert "‡ reused the embeddings an earlier run had cached" in text
