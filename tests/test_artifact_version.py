@@ -129,3 +129,45 @@ def test_the_board_re_probed_at_this_version_kept_its_artifacts():
     for key in ("train", "encoder", "data", "embeddings"):
         assert new.fingerprints[key] == old.fingerprints[key], key
     assert new.protocol_id != old.protocol_id and new.run_key != old.run_key
+
+
+#: The code behind the artifacts that ARTIFACT_VERSION keys: data, training, embedding and
+#: decoder retraining (the runner holds the last two stages).
+ARTIFACT_CODE = ("encoders", "tasks", "embench/training", "embench/cache.py",
+                 "embench/datastore.py", "embench/devices.py", "embench/presets.py",
+                 "embench/runner.py")
+#: Digest of that code (docstrings, comments and layout aside) when ARTIFACT_VERSION was set.
+ARTIFACT_CODE_DIGEST = "bdea48a70ccc99f409a386dc2fa829f8c44979a43e561d75f06ebef4c32379e5"
+
+
+def artifact_code_digest() -> str:
+    """sha256 over the artifact code's syntax trees, docstrings removed, in path order."""
+    import ast
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1]
+    files = sorted(path for entry in ARTIFACT_CODE for path in (
+        (root / entry).rglob("*.py") if (root / entry).is_dir() else [root / entry]))
+    digest = hashlib.sha256()
+    for path in files:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                    and isinstance(body[0].value, ast.Constant)
+                    and isinstance(body[0].value.value, str)):
+                node.body = body[1:] or [ast.Pass()]
+        digest.update(str(path.relative_to(root)).encode() + ast.dump(tree).encode())
+    return digest.hexdigest()
+
+
+def test_the_artifact_code_has_not_changed_under_its_version():
+    """A tripwire: code that computes artifacts changed, but ARTIFACT_VERSION did not.
+
+    If the change can alter any stored byte (data, a checkpoint, an embedding, a decoder
+    retraining), bump ARTIFACT_VERSION in embench/storage.py to the package version; either
+    way, pin the new digest here. Otherwise stale caches would be reused under the old key.
+    """
+    assert artifact_code_digest() == ARTIFACT_CODE_DIGEST, (
+        f"the artifact code changed (digest {artifact_code_digest()}); bump ARTIFACT_VERSION "
+        "if stored artifacts can change, then pin the digest in this test")
