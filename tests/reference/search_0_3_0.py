@@ -3,8 +3,8 @@
 ``_PaddedFamily``, ``_train_batched`` and their helpers as they stood in
 ``embench/probes/search.py`` at commit bbba812 (MLPs stacked per first width, zero-padded,
 trained with autograd), unchanged; the rest of that module (the grid, ``search_probes``,
-``SearchResult``) is the same today and is not copied. Every board record carries this code's
-rounding. Never edit it.
+``SearchResult``) is the same today and is not copied. The board's 0.3.0 records (in the git
+history since 0.4.0 re-probed them) carry this code's rounding. Never edit its code.
 """
 
 from __future__ import annotations
