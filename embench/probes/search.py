@@ -532,14 +532,13 @@ class _FusedGroup:
                        member: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """A member's ``(weight (in, out), bias)`` per layer, as views of ``views``' buffer."""
         layers = [(views[0][:, self.columns[0][member]], views[1][self.columns[0][member]])]
-        position = 2
         for level in range(1, len(self.levels)):
-            at_level = self.levels[level]
             if member in self.columns[level]:
-                layers.append((views[position + at_level.index(member)],
-                               views[position + len(at_level)][self.columns[level][member]]))
-            position += len(at_level) + 1
-        layers.append((views[position + member].T, views[position + self.n_active][member]))
+                weight = self._level_start(level) + self.levels[level].index(member)
+                layers.append((views[weight],
+                               views[self._bias_index(level)][self.columns[level][member]]))
+        outputs = self._level_start(len(self.levels))
+        layers.append((views[outputs + member].T, views[outputs + self.n_active][member]))
         return layers
 
     @property
@@ -589,22 +588,34 @@ class _FusedGroup:
             "acts": acts, "grads": grads, "hidden_layers": hidden_layers, "outputs": outputs,
             "out": out, "diff": diff, "out_rows": list(out), "grad_rows": list(diff),
             "out_bias": self.params[-1].unsqueeze(2), "out_bias_grad": self.grads[-1],
-            "level_bias_grads": [self.grads[1]] + [
-                self.grads[self._level_start(level) + len(self.levels[level])]
-                for level in range(1, len(self.levels))],
+            "level_bias_grads": [self.grads[self._bias_index(level)]
+                                 for level in range(len(self.levels))],
             "softmax": softmax,
         }
         self.workspace[rows] = plan
         return plan
 
     def _level_start(self, level: int) -> int:
-        """Index in ``self.params`` of level ``level``'s first weight (level >= 1)."""
+        """Index in ``self.params`` of level ``level``'s first weight (level >= 1).
+
+        ``level == len(self.levels)`` gives the first output layer's.
+        """
         return 2 + sum(len(self.levels[k]) + 1 for k in range(1, level))
+
+    def _bias_index(self, level: int) -> int:
+        """Index in ``self.params`` of level ``level``'s biases (all its members' in one)."""
+        return 1 if level == 0 else self._level_start(level) + len(self.levels[level])
 
     # -- computing ---------------------------------------------------------------------------
 
-    def _forward(self, plan: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
-        """Outputs ``(members, n_out, rows)`` for ``x``; every activation stays in ``plan``."""
+    def _forward(
+        self, plan: dict[str, Any], x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Outputs ``(members, n_out, rows)`` for ``x``; every activation stays in ``plan``.
+
+        Softmax members' outputs are softmaxed; the softmax of all outputs comes second (None
+        when no member has a softmax output).
+        """
         act = torch.relu_ if self.relu else torch.sigmoid_
         acts = plan["acts"]
         act(torch.addmm(self.params[1], x, self.params[0], out=acts[0]))
@@ -614,7 +625,11 @@ class _FusedGroup:
             act(acts[level])
         for (weight, _, hidden, _), out in zip(plan["outputs"], plan["out_rows"], strict=True):
             torch.mm(weight, hidden.t(), out=out)  # (n_out, rows): the fast form
-        return plan["out"].add_(plan["out_bias"])
+        out = plan["out"].add_(plan["out_bias"])
+        if plan["softmax"] is None:
+            return out, None
+        softmax = torch.softmax(out, dim=1)
+        return torch.where(plan["softmax"], softmax, out), softmax
 
     def validation_sums(self, x_val: torch.Tensor, y_val_t: torch.Tensor) -> torch.Tensor:
         """Each member's float64 sum of squared validation errors (``y_val_t``: targets^T)."""
@@ -623,9 +638,7 @@ class _FusedGroup:
             for start in range(0, len(x_val), _VAL_ROWS):
                 x = x_val[start : start + _VAL_ROWS]
                 plan = self.plan(len(x))
-                out = self._forward(plan, x)
-                if plan["softmax"] is not None:
-                    out = torch.where(plan["softmax"], torch.softmax(out, dim=1), out)
+                out, _ = self._forward(plan, x)
                 total += squared_error_sum(out, y_val_t[:, start : start + len(x)])
         return total
 
@@ -636,27 +649,18 @@ class _FusedGroup:
         """
         rows = len(x)
         plan = self.plan(rows)
-        out = self._forward(plan, x)
-        mask = plan["softmax"]
-        if mask is not None:
-            softmax = torch.softmax(out, dim=1)
-            out = torch.where(mask, softmax, out)
+        out, softmax = self._forward(plan, x)
         diff = torch.sub(out, y_t, out=plan["diff"])
         losses = diff.square().mean(dim=(1, 2))
         # d mean((out - y)^2) / d out = 2 (out - y) / (rows * n_out)
         grad = diff.mul_(2.0 / (rows * self.n_out))
-        if mask is not None:
+        if softmax is not None:
+            mask = plan["softmax"]
             through = torch._softmax_backward_data(
                 torch.where(mask, grad, 0.0), softmax, 1, softmax.dtype)
             grad.copy_(torch.where(mask, through, grad))
 
-        if self.relu:
-            def act_backward(grad: torch.Tensor, result: torch.Tensor) -> None:
-                torch.ops.aten.threshold_backward.grad_input(grad, result, 0, grad_input=grad)
-        else:
-            def act_backward(grad: torch.Tensor, result: torch.Tensor) -> None:
-                torch.ops.aten.sigmoid_backward.grad_input(grad, result, grad_input=grad)
-
+        act_backward = _relu_backward_ if self.relu else _sigmoid_backward_
         # Output layers: (n_out, rows) @ (rows, width) and its transpose, per member.
         torch.sum(grad, 2, out=plan["out_bias_grad"])
         for (weight, weight_grad, hidden, hidden_grad), rows_grad in zip(
@@ -675,7 +679,7 @@ class _FusedGroup:
                 torch.mm(here, weight_t, out=below)
         act_backward(grads[0], acts[0])
         torch.mm(x.t(), grads[0], out=self.grads[0])
-        torch.sum(grads[0], 0, out=self.grads[1])
+        torch.sum(grads[0], 0, out=bias_grads[0])
 
         self.step_count.fill_(steps)
         torch._fused_adam_(
@@ -700,9 +704,11 @@ class _FusedGroup:
 
         return of(self.flat), (of(self.exp_avg), of(self.exp_avg_sq))
 
-    def _keep_lists(self, keep: list[bool]) -> None:
+    def _keep_lists(self, keep: list[bool], source: _FusedGroup | None = None) -> None:
+        """Keep the per-member lists (of ``source``, default this group) where ``keep`` is true."""
         for name in ("probe_ids", "hidden", "softmax", "best"):
-            setattr(self, name, [v for v, k in zip(getattr(self, name), keep, strict=True) if k])
+            values = getattr(self if source is None else source, name)
+            setattr(self, name, [v for v, k in zip(values, keep, strict=True) if k])
 
     def drop(self, keep: list[bool]) -> None:
         """Keep only the members where ``keep`` is true (buffers and Adam state shrink)."""
@@ -727,13 +733,21 @@ class _FusedGroup:
         other = object.__new__(_FusedGroup)
         other.relu, other.n_in, other.n_out = self.relu, self.n_in, self.n_out
         other.lr, other.device = self.lr, self.device
-        for name in ("probe_ids", "hidden", "softmax", "best"):
-            setattr(other, name, getattr(self, name))
         layers, moments = self._take(leave)
-        other._keep_lists(leave)
+        other._keep_lists(leave, source=self)
         other._build(layers, moments)
         self.drop([not k for k in leave])
         return other
+
+
+def _relu_backward_(grad: torch.Tensor, result: torch.Tensor) -> None:
+    """``grad *= relu'`` in place, given the relu's output ``result``."""
+    torch.ops.aten.threshold_backward.grad_input(grad, result, 0, grad_input=grad)
+
+
+def _sigmoid_backward_(grad: torch.Tensor, result: torch.Tensor) -> None:
+    """``grad *= sigmoid'`` in place, given the sigmoid's output ``result``."""
+    torch.ops.aten.sigmoid_backward.grad_input(grad, result, grad_input=grad)
 
 
 def _train_batched(
