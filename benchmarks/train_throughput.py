@@ -5,10 +5,12 @@ For each encoder and image size, two ways to take one optimizer step on a batch 
 * **embench**: what ``FourLayerCVAEEncoder.fit`` runs (the encoder's own loss, uint8 data held
   on the device, batched by index and converted to float per batch, the network and the
   perceptual one channels-last, the 1x1 decoder seed's transposed convolution as one matrix
-  product, perceptual targets without gradients, fp32 or bf16 autocast, ``fit_module``),
-  one ``fit_module`` epoch of exactly one
+  product, perceptual targets p(x) computed once before training and read per batch
+  (0.5.0), fp32 or bf16 autocast, ``fit_module``), one ``fit_module`` epoch of exactly one
   batch per call with the model and optimizer kept across calls; the img/s is the figure
   ``fit_module`` records (training pass only).
+* **0.4.0** (perceptual encoders): the same step with p(x) recomputed from the batch at every
+  step, as embench 0.4.0 did; the difference is the per-image cost of the target.
 * **baseline**: the straightforward PyTorch loop for the same model and loss: the network
   built the plain way (``FourLayerCVAE(textbook=True)``: NCHW, ``nn.ConvTranspose2d``; same
   initial weights and function), float32 ``TensorDataset`` + ``DataLoader(shuffle=True)``,
@@ -33,6 +35,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import warnings
@@ -59,12 +62,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from embench.encoders.autoencoder import (
     AE,
+    RESIDENT_BYTES,
     VAE,
     FourLayerCVAE,
     PerceptualAE,
     PerceptualVAE,
     _images_on_device,
+    _perceptual_targets,
     _take,
+    _TrainingImages,
 )
 from embench.training import bf16_is_native, fit_module
 
@@ -138,7 +144,7 @@ class EmbenchStep:
     """
 
     def __init__(self, name: str, images: np.ndarray, precision: str, device: str,
-                 home: Path) -> None:
+                 home: Path, cached_targets: bool = True) -> None:
         cls = ENCODERS[name]
         extra = {"perceptual_weights": "random"} if cls.perceptual else {}
         encoder = cls(z_dim=Z_DIM, batch_size=len(images), device=device, precision=precision,
@@ -156,6 +162,16 @@ class EmbenchStep:
         self.val = self.train[:8]
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.calls = 0
+        self.targets = None
+        if pnet is not None and cached_targets:  # what fit does: p(x) once, before epoch 1
+            self._files = contextlib.ExitStack()
+            split = _TrainingImages(images, self.device, RESIDENT_BYTES)
+            path = home / f"targets-{name}-{precision}-{len(images)}.h5"
+            self.targets = _perceptual_targets(pnet, {"train": split}, self.device, precision,
+                                               path, self._files)["train"]
+
+    def _target(self, batch: torch.Tensor | slice) -> torch.Tensor | None:
+        return None if self.targets is None else self.targets.take(batch)
 
     def step(self) -> float:
         self.calls += 1
@@ -163,8 +179,9 @@ class EmbenchStep:
             warnings.simplefilter("ignore", RuntimeWarning)
             result = fit_module(
                 self.model,
-                lambda batch: self.loss(_take(self.train, batch), self.variational),
-                lambda batch: self.loss(_take(self.val, batch), False),
+                lambda batch: self.loss(_take(self.train, batch), self.variational,
+                                        self._target(batch)),
+                lambda batch: self.loss(_take(self.val, batch), False, self._target(batch)),
                 n_train=len(self.train), n_val=len(self.val), optimizer=self.optimizer,
                 batch_size=len(self.train), max_epochs=1, seed=self.calls, device=self.device,
                 precision=self.precision,
@@ -225,6 +242,9 @@ def main() -> int:
             if "fp32" in precisions:
                 fp32_steps[f"{name} {size} fp32"] = EmbenchStep(name, images, "fp32", device,
                                                                home).step
+                if ENCODERS[name].perceptual:  # 0.4.0's step: p(x) recomputed every step
+                    fp32_steps[f"{name} {size} 0.4.0"] = EmbenchStep(
+                        name, images, "fp32", device, home, cached_targets=False).step
     print(f"warm-up: one step of each of {len(fp32_steps)} configurations ...", flush=True)
     for step in fp32_steps.values():
         step()
@@ -275,16 +295,27 @@ def main() -> int:
                 rows.append(Row(f"{name} {size}px best recorded precision vs textbook",
                                 fmt(base, "img/s"), fmt(best, "img/s"), best / base,
                                 f">= {TARGET_SPEEDUP:g}x", best / base >= TARGET_SPEEDUP))
+            old = f"{name} {size} 0.4.0"
+            if old in times:
+                before, now = rate(old, args.batch_size), rate(f"{name} {size} fp32",
+                                                              args.batch_size)
+                rows.append(Row(f"{name} {size}px fp32 img/s: 0.5.0 (p(x) cached) vs 0.4.0",
+                                fmt(before, "img/s"), fmt(now, "img/s"), now / before))
+            # The textbook step's FLOPs: the same network and loss, p(x) recomputed each step.
             step_flops = flops[name, size]
             achieved = {
                 path: step_flops / median(times[f"{name} {size} {path}"]) / 1e9
-                for path in ("baseline", "fp32") if f"{name} {size} {path}" in times
+                for path in ("baseline", "0.4.0", "fp32") if f"{name} {size} {path}" in times
             }
-            rows.append(Row(
-                f"{name} {size}px fp32 GFLOP/s ({step_flops / 1e9:.0f} GFLOP/step; % of peak)",
-                f"{fmt(achieved.get('baseline'))} ({100 * achieved['baseline'] / fp32_peak:.0f}%)",
-                f"{fmt(achieved.get('fp32'))} ({100 * achieved.get('fp32', 0) / fp32_peak:.0f}%)",
-                achieved.get("fp32", float("nan")) / achieved["baseline"]))
+            for path in ("0.4.0", "fp32"):
+                if path in achieved:
+                    rows.append(Row(
+                        f"{name} {size}px {'0.4.0 step' if path == '0.4.0' else 'fp32'} "
+                        f"effective GFLOP/s ({step_flops / 1e9:.0f} GFLOP/step; % of peak)",
+                        f"{fmt(achieved['baseline'])} "
+                        f"({100 * achieved['baseline'] / fp32_peak:.0f}%)",
+                        f"{fmt(achieved[path])} ({100 * achieved[path] / fp32_peak:.0f}%)",
+                        achieved[path] / achieved["baseline"]))
         for plain, perceptual in (("ae", "p_ae"), ("vae", "p_vae")):
             if plain in models and perceptual in models:
                 ratios = {
@@ -292,6 +323,15 @@ def main() -> int:
                     / median(times[f"{plain} {size} {path}"])
                     for path in ("baseline", "fp32") if f"{plain} {size} {path}" in times
                 }
+                if f"{perceptual} {size} 0.4.0" in times and f"{plain} {size} fp32" in times:
+                    base_ms = median(times[f"{plain} {size} fp32"]) / args.batch_size * 1e3
+                    cost = {path: median(times[f"{perceptual} {size} {path}"])
+                            / args.batch_size * 1e3 - base_ms for path in ("0.4.0", "fp32")}
+                    rows.append(Row(
+                        f"perceptual cost per image {size}px ({perceptual} - {plain}, ms; "
+                        "without vs with the p(x) cache)",
+                        f"{cost['0.4.0']:.3f} ms", f"{cost['fp32']:.3f} ms",
+                        cost["0.4.0"] / cost["fp32"] if cost["fp32"] > 0 else None))
                 target = size == 64 and plain == "ae"
                 overhead = ratios.get("fp32", float("nan"))
                 rows.append(Row(
@@ -306,7 +346,9 @@ def main() -> int:
         "embench img/s is what fit_module records for its training pass; the textbook "
         "loop is timed around its step, DataLoader collate included",
         "perceptual overhead is per training step; an epoch adds a forward-only validation "
-        "pass over 20% as many images",
+        "pass over 20% as many images (its p(x) cached too since 0.5.0)",
+        "0.4.0 rows: today's step with p(x) recomputed every step, as 0.4.0 did; effective "
+        "GFLOP/s divides the textbook step's FLOPs (p(x) included) by each path's time",
     ]
     if "bf16" in precisions and not native:
         notes.append(f"bf16 is EMULATED on this {device.upper()} (no AVX512-BF16/AMX): "

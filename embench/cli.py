@@ -86,7 +86,7 @@ home_option = click.option(
     "--home", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Storage root (default: $EMBENCH_HOME or the user cache dir).")
 preset_option = click.option(
-    "--preset", default="quick", show_default=True, metavar="[smoke|demo|quick|paper]",
+    "--preset", default="quick", show_default=True, metavar="[smoke|demo|quick|third|half|paper]",
     help="Sizes and epoch budgets; never changes the protocol.")
 data_dir_option = click.option(
     "--data-dir", type=click.Path(path_type=Path), default=None,
@@ -320,6 +320,13 @@ def print_summary(record: RunRecord, path: Path, reused: bool = False) -> None:
         console.print(f"training: {training['n_epochs']} epoch(s) (best {training['best_epoch']}),"
                       f" {training['images_per_second']:.0f} img/s, "
                       f"{training.get('train_seconds', 0):.0f} s, {record.precision}")
+    if training.get("still_improving"):
+        improvement = training.get("final_window_improvement") or 0.0
+        console.print(
+            f"[yellow]warning:[/yellow] training was still improving when the epoch cap "
+            f"({training['n_epochs']}) stopped it: the best validation loss fell "
+            f"{100 * improvement:.1f}% over the last patience window, so these figures "
+            "understate this encoder (raise -o max_epochs or use a larger preset).")
     if record.encoder_config.get("perceptual_weights") == "random":
         console.print("[yellow]note:[/yellow] the perceptual network used RANDOM weights, as "
                       "asked for by name; the record says so.")
@@ -450,7 +457,7 @@ def reproduce_command(task: str, preset: str, seeds: int, z_sizes: tuple[int, ..
 @z_sizes_option("each task's grid in the preset")
 @click.option("--seeds", type=click.IntRange(min=1), default=None,
               help="Number of seeds, 0..N-1 [default: 1].")
-@click.option("--preset", default=None, metavar="[smoke|demo|quick|paper]",
+@click.option("--preset", default=None, metavar="[smoke|demo|quick|third|half|paper]",
               help="Sizes and epoch budgets [default: quick].")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
               help="local: a process pool on this machine; ray: Ray tasks [default: local].")
@@ -608,7 +615,7 @@ def verify_command(record_path: Path, full: bool, tolerance: float | None,
               help="The task whose records an encoder name stands for (needed with names).")
 @click.option("--z", type=click.IntRange(min=1), default=None,
               help="With names: only records of this z.")
-@click.option("--preset", default=None, metavar="[smoke|demo|quick|paper]",
+@click.option("--preset", default=None, metavar="[smoke|demo|quick|third|half|paper]",
               help="With names: only records of this preset.")
 @click.option("--probe", "--metric", "probe", type=click.Choice(["mlp", "linear",
               "least_squares"]), default="mlp", show_default=True,

@@ -43,7 +43,7 @@ CODE_VERSION = f"embench-{__version__}"
 #: cache (perceptual weights are checked by their sha256 instead). Bump it, to the package
 #: version of the time, whenever a change alters any of those bytes. A literal, not derived
 #: from ``__version__``: a release that changes only probes or scoring reuses them all.
-ARTIFACT_VERSION = "embench-0.3.0"
+ARTIFACT_VERSION = "embench-0.5.0"
 
 SUBDIRS = ("datasets", "weights", "checkpoints", "embeddings", "results")
 

@@ -21,9 +21,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import json
+import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +41,14 @@ from embench.devices import resolve_precision
 from embench.errors import ConfigError, NotFittedError, StorageError
 from embench.faults import crash_point
 from embench.storage import atomic_path, fingerprint, resolve_home, sha256_arrays, write_json
-from embench.training import TrainState, check_precision, fit_module, resolve_device
+from embench.training import (
+    TrainState,
+    autocast,
+    check_precision,
+    convergence_verdict,
+    fit_module,
+    resolve_device,
+)
 
 ENCODER_CHANNELS = (3, 32, 64, 128, 256)
 DECODER_CHANNELS = (1024, 128, 64, 32, 3)
@@ -52,6 +61,12 @@ INFERENCE_BATCH = 1024
 #: SVHN's extra split (1.63 GB stored at 32x32) is held; STL-10's unlabeled one (2.76 GB) is
 #: streamed for training and held for validation.
 RESIDENT_BYTES = 2 << 30
+#: The perceptual targets p(x) of both splits (computed once per fit, see
+#: :func:`_perceptual_targets`) are held in memory up to this many bytes together, apart from
+#: the images' budget; a split beyond what is left is read from its file batch by batch.
+#: AlexNet's conv2 map is 7x7x192 floats a 64 px image (37.6 kB in fp32, three times the
+#: image): the paper's 84,000 LunarLander frames take 3.2 GB.
+TARGET_RESIDENT_BYTES = 4 << 30
 _LOAD_CHUNK = 4096
 
 
@@ -331,6 +346,75 @@ def _batches(images: Any, batch_size: int = INFERENCE_BATCH):
         yield start, _as_tensor(images[start:start + batch_size])
 
 
+class _PerceptualTargets:
+    """The frozen perceptual network's output p(x) for every image of one split.
+
+    p is frozen and the images never change, so a perceptual loss's target is the same in
+    every epoch: it is computed once per fit (by :func:`_perceptual_targets`) instead of once
+    per batch per epoch, for training and validation alike. Rows are stored channels-last
+    (``N, h, w, c``), as the network produces them, in the training precision (bf16 kept as
+    its 16-bit pattern: HDF5 has no bf16 type), and held or streamed like the images
+    (:class:`_TrainingImages`).
+    """
+
+    def __init__(self, rows: Any, bf16: bool, device: torch.device, limit: int) -> None:
+        self._rows = _TrainingImages(rows, device, limit)
+        self._bf16 = bf16
+        self.resident_bytes = self._rows.resident_bytes
+
+    def take(self, batch: torch.Tensor | slice) -> torch.Tensor:
+        """Targets of rows ``batch`` as float32 ``(n, c, h, w)`` (a channels-last view)."""
+        rows = self._rows.take(batch)
+        if self._bf16:
+            rows = rows.view(torch.bfloat16)
+        return rows.float().permute(0, 3, 1, 2)
+
+
+def _perceptual_targets(
+    network: nn.Module,
+    splits: dict[str, _TrainingImages],
+    device: torch.device,
+    precision: str,
+    path: Path,
+    files: contextlib.ExitStack,
+) -> dict[str, _PerceptualTargets]:
+    """p(x) of every image of each split, from ``path`` or computed and written there first.
+
+    Computed in eval mode under ``torch.inference_mode`` and the training precision's
+    autocast, :data:`INFERENCE_BATCH` images at a time, so a target has the bits a per-batch
+    recomputation in the same precision has up to convolution rounding (a batch of another
+    size may take another kernel). The file is written under a temporary name and renamed, so
+    an existing ``path`` is complete; the caller names it by the run's key and removes it when
+    the fit ends. It stays open (in ``files``) while a split too large to hold is streamed.
+    """
+    import h5py
+
+    bf16 = precision == "bf16"
+    if not path.exists():
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as out:
+            for name, images in splits.items():
+                dataset = None
+                for start in range(0, len(images), INFERENCE_BATCH):
+                    x = _to_unit(images.take(slice(start, start + INFERENCE_BATCH)))
+                    with torch.inference_mode(), autocast(device, precision):
+                        features = network(x)
+                    features = features.to(torch.bfloat16 if bf16 else torch.float32)
+                    rows = features.permute(0, 2, 3, 1).contiguous().cpu()
+                    rows = (rows.view(torch.int16) if bf16 else rows).numpy()
+                    if dataset is None:
+                        dataset = out.create_dataset(
+                            name, shape=(len(images), *rows.shape[1:]), dtype=rows.dtype,
+                            chunks=(min(len(images), 64), *rows.shape[1:]))
+                    dataset[start:start + len(rows)] = rows
+            out.attrs["precision"] = precision
+    stored = files.enter_context(h5py.File(path, "r"))
+    targets, budget = {}, TARGET_RESIDENT_BYTES
+    for name in splits:
+        targets[name] = _PerceptualTargets(stored[name], bf16, device, budget)
+        budget -= targets[name].resident_bytes
+    return targets
+
+
 # --------------------------------------------------------------------------------------------
 # The encoders
 # --------------------------------------------------------------------------------------------
@@ -531,27 +615,25 @@ class FourLayerCVAEEncoder:
                 _save_train_state(resume_dir, run_key, state)
                 crash_point("train-epoch")
 
-        result = fit_module(
-            model,
-            lambda batch: loss(train.take(batch), self.variational),
-            lambda batch: loss(val.take(batch), False),
-            n_train=n_train,
-            n_val=n_val,
-            optimizer=optimizer,
-            batch_size=self.batch_size,
-            max_epochs=self.max_epochs,
-            seed=self.seed,
-            device=device,
-            precision=self.precision,
-            generators={"noise": noise},
-            progress=progress,
-            description=f"train {self.name}",
-            on_epoch_end=on_epoch_end,
-            resume=resume,
-        )
+        with contextlib.ExitStack() as files:
+            train_targets = val_targets = None
+            if perceptual_net is not None:
+                # Beside the resumable state when there is one (a resumed fit reuses the
+                # file), else in a scratch directory removed with the fit.
+                where = resume_dir or Path(files.enter_context(
+                    tempfile.TemporaryDirectory(prefix="embench-targets-")))
+                targets_path = where / f"perceptual-targets-{run_key[:16]}.h5"
+                targets = _perceptual_targets(
+                    perceptual_net, {"train": train, "val": val}, device,
+                    resolve_precision(self.precision, device), targets_path, files)
+                train_targets, val_targets = targets["train"], targets["val"]
+            result = self._fit_module(model, loss, optimizer, train, val, train_targets,
+                                      val_targets, device, progress, on_epoch_end, resume)
         if resume_dir is not None:
             for name in (_STATE_TENSORS, _STATE_META):
                 (resume_dir / name).unlink(missing_ok=True)
+            for stale in resume_dir.glob("perceptual-targets-*.h5"):
+                stale.unlink(missing_ok=True)
         self.model_ = model.eval()
         self.image_size_ = size
         self.perceptual_ = description
@@ -566,6 +648,33 @@ class FourLayerCVAEEncoder:
         self.__dict__.pop("retrained_decoder_", None)
         self.__dict__.pop("decoder_retraining_", None)
         return self
+
+    def _fit_module(self, model, loss, optimizer, train, val, train_targets, val_targets,
+                    device, progress, on_epoch_end, resume):
+        """Run :func:`fit_module` on the two splits (and their perceptual targets, if any)."""
+
+        def batch_targets(targets: _PerceptualTargets | None, batch: Any) -> Any:
+            return None if targets is None else targets.take(batch)
+
+        return fit_module(
+            model,
+            lambda batch: loss(train.take(batch), self.variational,
+                               batch_targets(train_targets, batch)),
+            lambda batch: loss(val.take(batch), False, batch_targets(val_targets, batch)),
+            n_train=len(train),
+            n_val=len(val),
+            optimizer=optimizer,
+            batch_size=self.batch_size,
+            max_epochs=self.max_epochs,
+            seed=self.seed,
+            device=device,
+            precision=self.precision,
+            generators={"noise": loss.noise},
+            progress=progress,
+            description=f"train {self.name}",
+            on_epoch_end=on_epoch_end,
+            resume=resume,
+        )
 
     def _build_perceptual(
         self, device: torch.device, progress: Any
@@ -591,23 +700,31 @@ class FourLayerCVAEEncoder:
 
     def _make_loss(
         self, model: FourLayerCVAE, perceptual_net: nn.Module | None, noise: torch.Generator
-    ) -> Callable[[torch.Tensor, bool], torch.Tensor]:
-        """``loss(images, sample)``: the encoder's objective on one batch (mean over it)."""
+    ) -> Callable[..., torch.Tensor]:
+        """``loss(images, sample, target=None)``: the objective on one batch (mean over it).
+
+        ``target`` is p(images) when the caller has it (computed once per fit); without it a
+        perceptual loss computes it here, without a graph. The function's ``noise`` attribute
+        is the VAE's sampling generator.
+        """
         kld_weight = float(getattr(self, "kld_weight", 0.0))
 
-        def loss(images: torch.Tensor, sample: bool) -> torch.Tensor:
+        def loss(images: torch.Tensor, sample: bool,
+                 target: torch.Tensor | None = None) -> torch.Tensor:
             x = _to_unit(images)
             recon, mu, logvar = model(x, sample=sample, generator=noise)
             if perceptual_net is None:
                 value = F.mse_loss(recon.float(), x)
             else:
-                with torch.no_grad():  # the target needs no graph: p is frozen
-                    target = perceptual_net(x).float()
+                if target is None:
+                    with torch.no_grad():  # the target needs no graph: p is frozen
+                        target = perceptual_net(x).float()
                 value = F.mse_loss(perceptual_net(recon).float(), target)
             if self.variational:
                 value = value + kld_weight * _kld(mu, logvar)
             return value
 
+        loss.noise = noise
         return loss
 
     # ----- inference -------------------------------------------------------------------------
@@ -835,6 +952,8 @@ class FourLayerCVAEEncoder:
             "device": self.device_,
             # the loss network's identity: weights source and sha256 (None: pixel-wise loss)
             "perceptual": self.perceptual_,
+            # stop_reason, still_improving, final_window_improvement, generalization_gap
+            **convergence_verdict(self.history_, self.max_epochs),
         }
 
     def save(self, directory: str | Path) -> None:

@@ -374,10 +374,13 @@ class LunarLanderTask:
         "smoke": {"unaltered_rollouts": 4, "altered_rollouts": 6, "frames": 150},
         "demo": {"unaltered_rollouts": 12, "altered_rollouts": 20, "frames": 150},
         "quick": {"unaltered_rollouts": 120, "altered_rollouts": 180, "frames": 150},
+        "third": {"unaltered_rollouts": 233, "altered_rollouts": 233, "frames": 150},
+        "half": {"unaltered_rollouts": 350, "altered_rollouts": 350, "frames": 150},
         "paper": {"unaltered_rollouts": 700, "altered_rollouts": 700, "frames": 150},
     }
     #: The z grid at each preset (the paper's: 32, 64, 128, 256).
-    Z_SIZES = {"smoke": (8,), "demo": (64,), "quick": (64,), "paper": (32, 64, 128, 256)}
+    Z_SIZES = {"smoke": (8,), "demo": (64,), "quick": (64,), "third": (64,), "half": (64,),
+               "paper": (32, 64, 128, 256)}
 
     def __init__(self, workers: int | None = None) -> None:
         self.workers = workers

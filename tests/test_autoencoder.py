@@ -724,3 +724,125 @@ def test_perceptual_encoders_train_with_the_imagenet_weights(tmp_path):
     assert losses[-1] < losses[0]
     random = PerceptualVAE(home=tmp_path, **FIT, **RANDOM_P).fit(TRAIN, VAL)
     assert random.fingerprint != encoder.fingerprint
+
+
+# ----- perceptual targets computed once per fit ----------------------------------------------
+
+
+def test_perceptual_targets_are_computed_once_and_equal_per_batch_targets(tmp_path,
+                                                                          monkeypatch):
+    """p(x) is computed once before epoch 1 (never per batch) and equals p of each image."""
+    import embench.encoders.autoencoder as autoencoder
+
+    encoder = PerceptualAE(max_epochs=2, home=tmp_path, **SMALL, **RANDOM_P)
+    network, _ = encoder._build_perceptual(torch.device(DEVICE), None)
+    calls = {"network": 0}
+    real_build = autoencoder.FourLayerCVAEEncoder._build_perceptual
+
+    def counting_build(self, device, progress):
+        net, description = real_build(self, device, progress)
+        net.register_forward_hook(lambda *_: calls.__setitem__("network", calls["network"] + 1))
+        return net, description
+
+    monkeypatch.setattr(autoencoder.FourLayerCVAEEncoder, "_build_perceptual", counting_build)
+    encoder.fit(TRAIN, VAL, resume_dir=tmp_path / "resume")
+    batches = 2 * (len(TRAIN) // SMALL["batch_size"]) + 2 * 1  # per epoch: train, val passes
+    # targets: one pass per split (both fit in one INFERENCE_BATCH); then only p(x_hat)
+    assert calls["network"] == 2 + batches
+    assert not list((tmp_path / "resume").glob("perceptual-targets-*.h5"))  # removed at the end
+
+    split = autoencoder._TrainingImages(TRAIN, torch.device(DEVICE), 1 << 30)
+    with __import__("contextlib").ExitStack() as files:
+        targets = autoencoder._perceptual_targets(
+            network, {"train": split}, torch.device(DEVICE), "fp32", tmp_path / "t.h5", files)
+        got = targets["train"].take(torch.tensor([1, 5, 7]))
+        with torch.no_grad():
+            want = network(torch.from_numpy(TRAIN[[1, 5, 7]]).float() / 255)
+        assert got.shape == want.shape == (3, 192, 7, 7)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        streamed = autoencoder._PerceptualTargets(files.enter_context(
+            h5py.File(tmp_path / "t.h5", "r"))["train"], False, torch.device(DEVICE), limit=0)
+        torch.testing.assert_close(streamed.take(torch.tensor([1, 5, 7])), got, rtol=0, atol=0)
+
+
+def test_bf16_targets_keep_their_bits(tmp_path):
+    """In bf16 the stored targets are bf16 values (16-bit patterns), read back exactly."""
+    import contextlib
+
+    import embench.encoders.autoencoder as autoencoder
+
+    encoder = PerceptualAE(home=tmp_path, **SMALL, **RANDOM_P)
+    network, _ = encoder._build_perceptual(torch.device("cpu"), None)
+    split = autoencoder._TrainingImages(TRAIN[:4], torch.device("cpu"), 1 << 30)
+    with contextlib.ExitStack() as files:
+        targets = autoencoder._perceptual_targets(
+            network, {"train": split}, torch.device("cpu"), "bf16", tmp_path / "t.h5", files)
+        got = targets["train"].take(slice(0, 4))
+        assert h5py.File(tmp_path / "t.h5", "r")["train"].dtype == np.int16
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = network(torch.from_numpy(TRAIN[:4]).float() / 255)
+    torch.testing.assert_close(got, want.float(), rtol=0, atol=0)
+
+
+def test_a_resumed_perceptual_fit_reuses_its_targets_and_ends_alike(tmp_path, monkeypatch):
+    """Stopped after epoch 1, a fit resumes with the stored targets to the same weights."""
+    import embench.encoders.autoencoder as autoencoder
+
+    class Stop(Exception):
+        pass
+
+    whole = PerceptualVAE(max_epochs=2, home=tmp_path, **SMALL, **RANDOM_P).fit(TRAIN, VAL)
+    resume = tmp_path / "resume"
+    real_save = autoencoder._save_train_state
+
+    def save_then_stop(directory, run_key, state):
+        real_save(directory, run_key, state)
+        raise Stop
+
+    monkeypatch.setattr(autoencoder, "_save_train_state", save_then_stop)
+    with pytest.raises(Stop):
+        PerceptualVAE(max_epochs=2, home=tmp_path, **SMALL, **RANDOM_P).fit(
+            TRAIN, VAL, resume_dir=resume)
+    [stored] = resume.glob("perceptual-targets-*.h5")
+    written = stored.stat().st_mtime_ns
+    monkeypatch.setattr(autoencoder, "_save_train_state", real_save)
+    computed = []
+    real_targets = autoencoder._perceptual_targets
+
+    def watching(network, splits, device, precision, path, files):
+        computed.append(path.exists())
+        return real_targets(network, splits, device, precision, path, files)
+
+    monkeypatch.setattr(autoencoder, "_perceptual_targets", watching)
+    resumed = PerceptualVAE(max_epochs=2, home=tmp_path, **SMALL, **RANDOM_P).fit(
+        TRAIN, VAL, resume_dir=resume)
+    assert computed == [True] and written  # the stored file was there and was read
+    assert resumed.fingerprint == whole.fingerprint
+    assert [r["val_loss"] for r in resumed.history_] == [r["val_loss"] for r in whole.history_]
+
+
+def test_training_stats_carry_the_convergence_verdict(fitted, monkeypatch):
+    """A cap-ended fit still improving says so; one stopped by patience says that."""
+    stats = fitted("p_ae").training_stats()  # its validation loss fell 14% in 3 epochs
+    assert stats["stop_reason"] == "epoch_cap" and stats["still_improving"] is True
+    assert stats["final_window_improvement"] > 0.01
+    last = stats["history"][-1]
+    assert stats["generalization_gap"] == pytest.approx(last["val_loss"] / last["train_loss"])
+
+    import embench.encoders.autoencoder as autoencoder
+
+    real_fit_module = autoencoder.fit_module
+    done = []
+
+    def fit_module(module, train_loss, val_loss, **kwargs):
+        def worse_after_epoch_1(batch):
+            return val_loss(batch) + (1.0 if done else 0.0)
+
+        kwargs["on_epoch_end"] = lambda state: done.append(state.epoch)
+        return real_fit_module(module, train_loss, worse_after_epoch_1, **kwargs)
+
+    monkeypatch.setattr(autoencoder, "fit_module", fit_module)
+    monkeypatch.setattr("embench.training.loop.patience_for", lambda epochs: 1)
+    early = AE(max_epochs=8, **SMALL).fit(TRAIN[:16], VAL).training_stats()
+    assert (early["n_epochs"], early["stop_reason"], early["still_improving"]) == (
+        2, "early_stopping", False)

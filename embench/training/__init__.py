@@ -15,6 +15,7 @@ from embench.training.loop import (
     TrainingDivergedError,
     TrainResult,
     TrainState,
+    convergence_verdict,
     copy_state,
     fit_module,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "autocast",
     "bf16_is_native",
     "check_precision",
+    "convergence_verdict",
     "copy_state",
     "fit_module",
     "resolve_device",
