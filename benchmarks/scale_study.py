@@ -1,0 +1,256 @@
+"""The scale study: at what data scale does the paper's ranking appear on LunarLander?
+
+The board at ``quick`` (a sixth of the paper's autoencoder data) ranks P. VAE far behind P. AE
+and leaves AE and VAE on the trivial baseline, unlike the paper's Table II. This script climbs
+the data scale with the paper's four encoders at z=64, seed 0, with the paper's epoch cap and
+early stopping, and stops at the first scale where the paper's ordering holds:
+
+* P. VAE no worse than P. AE (best-MLP test error),
+* both at most a third of AE's and VAE's error,
+* AE and VAE below the trivial baseline,
+
+or at the paper's own sizes. Scales are presets: ``quick`` (120 unaltered + 180 altered
+rollouts, 15 epochs; its records are the 0.4.0 board's and are read, not rerun), ``third``
+(233 + 233), ``half`` (350 + 350) and ``paper`` (700 + 700). At each scale P. VAE and P. AE run
+first (the pair that disagrees with the paper), then AE and VAE.
+
+Every cell is ``embench reproduce --preset SCALE --encoders NAME --seeds 1 --out leaderboard``:
+its record goes on the board (the chosen scale's seed-0 cells are the board's seed-0 cells,
+never run twice), a cell already on the board under the current protocol is skipped, and a
+killed run resumes from its last finished epoch when called again with the same home (keep
+``EMBENCH_HOME``). With ``--commit`` each finished record is committed at once.
+
+Usage:
+    python benchmarks/scale_study.py run [--commit] [--scales third,half,paper]
+    python benchmarks/scale_study.py report      # table, plot, README block from the board
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BOARD = ROOT / "leaderboard"
+RESULTS = BOARD / "results" / "lunarlander"
+PLOT = BOARD / "scale_study.png"
+README = ROOT / "README.md"
+START, END = "<!-- scale-study:start -->", "<!-- scale-study:end -->"
+
+#: Scales in climbing order, with the paper's rollouts they use.
+SCALES = {"quick": "1/6", "third": "1/3", "half": "1/2", "paper": "1"}
+#: Climbing order within a scale: the pair that disagrees with the paper first.
+ENCODERS = ("p_vae", "p_ae", "ae", "vae")
+LABELS = {"ae": "AE", "vae": "VAE", "p_ae": "P. AE", "p_vae": "P. VAE"}
+
+
+def seed0_records() -> dict[tuple[str, str], dict]:
+    """The newest seed-0, z=64 LunarLander record of each (preset, encoder) on the board."""
+    found: dict[tuple[str, str], dict] = {}
+    for path in sorted(RESULTS.glob("*-z64-seed0-*.json")):
+        record = json.loads(path.read_text())
+        key = (record["preset"], record["encoder"])
+        if key[1] in ENCODERS and (key not in found or record["created"] > found[key]["created"]):
+            found[key] = record
+    return found
+
+
+def ordering(records: dict[str, dict]) -> tuple[bool, list[str]]:
+    """Whether the paper's ordering holds among one scale's four records; the reasons."""
+    mlp = {name: float(records[name]["test"]["mlp"]) for name in ENCODERS}
+    baseline = float(records["p_vae"]["test"]["baseline"])
+    pixel = min(mlp["ae"], mlp["vae"])
+    checks = [
+        (mlp["p_vae"] <= mlp["p_ae"],
+         f"P. VAE {mlp['p_vae']:.2f} px vs P. AE {mlp['p_ae']:.2f} px"),
+        (max(mlp["p_vae"], mlp["p_ae"]) <= pixel / 3,
+         f"perceptual at most a third of pixel-wise ({pixel / 3:.2f} px)"),
+        (max(mlp["ae"], mlp["vae"]) < baseline,
+         f"AE {mlp['ae']:.2f} / VAE {mlp['vae']:.2f} px below the baseline {baseline:.2f} px"),
+    ]
+    return all(ok for ok, _ in checks), [("yes: " if ok else "no: ") + why for ok, why in checks]
+
+
+def git_commit(message: str) -> None:
+    """Commit leaderboard/ alone, retrying while another commit holds the index lock."""
+    for attempt in range(30):
+        add = subprocess.run(["git", "add", "leaderboard"], cwd=ROOT, capture_output=True)
+        if add.returncode == 0:
+            staged = subprocess.run(["git", "diff", "--cached", "--quiet", "--", "leaderboard"],
+                                    cwd=ROOT)
+            if staged.returncode == 0:
+                return  # nothing new
+            done = subprocess.run(["git", "commit", "-q", "-m", message, "--", "leaderboard"],
+                                  cwd=ROOT, capture_output=True, text=True)
+            if done.returncode == 0:
+                return
+            if "index.lock" not in done.stderr:
+                raise SystemExit(f"git commit failed: {done.stderr.strip()}")
+        time.sleep(2 + attempt)
+    raise SystemExit("git commit: the index stayed locked for minutes; commit leaderboard/ "
+                     "by hand")
+
+
+def run_cell(scale: str, encoder: str, commit: bool, device: str) -> dict:
+    """Run (or find) one cell; return its record."""
+    start = time.time()
+    command = [sys.executable, "-m", "embench", "reproduce", "--task", "lunarlander",
+               "--preset", scale, "--encoders", encoder, "--seeds", "1", "--z", "64",
+               "--device", device, "--precision", "fp32", "--out", str(BOARD)]
+    print(f"[scale study] {scale} {encoder}: {' '.join(command[1:])}", flush=True)
+    subprocess.run(command, cwd=ROOT, check=True)
+    record = seed0_records()[scale, encoder]
+    wall = time.time() - start
+    if commit:
+        test = record["test"]
+        git_commit(f"Scale study: {encoder} z64 seed 0 {scale} record ({record['device']} "
+                   f"fp32; MLP {test['mlp']:.2f} px, linear {test['linear']:.2f} px, baseline "
+                   f"{test['baseline']:.2f} px; {wall / 60:.0f} min wall here) (#24)")
+    return record
+
+
+def run(scales: list[str], commit: bool, device: str) -> int:
+    for scale in scales:
+        done: dict[str, dict] = {}
+        for encoder in ENCODERS:
+            done[encoder] = run_cell(scale, encoder, commit, device)
+        holds, reasons = ordering(done)
+        print(f"[scale study] {scale}: the paper's ordering {'HOLDS' if holds else 'does not hold'}"
+              + "".join(f"\n  {reason}" for reason in reasons), flush=True)
+        if holds:
+            print(f"[scale study] stopping at {scale}: the board's scale", flush=True)
+            return 0
+    return 0
+
+
+def _minutes(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / 60:.0f}"
+
+
+def rows() -> list[dict]:
+    """One row per (scale, encoder) record on the board, in climbing order."""
+    records = seed0_records()
+    out = []
+    for scale in SCALES:
+        for encoder in ENCODERS:
+            record = records.get((scale, encoder))
+            if record is None:
+                continue
+            training = record.get("training") or {}
+            timings = record.get("timings") or {}
+            fit = training.get("fit_seconds") if not record["cache"]["checkpoint_hit"] else None
+            out.append({
+                "scale": scale, "encoder": encoder, "version": record["embench_version"],
+                "frames": record["split_sizes"]["autoencoder_train"],
+                "probe_frames": record["split_sizes"]["probe_train"],
+                "mlp": record["test"]["mlp"], "linear": record["test"]["linear"],
+                "baseline": record["test"]["baseline"],
+                "epochs": training.get("n_epochs"), "best": training.get("best_epoch"),
+                "still_improving": training.get("still_improving"),
+                "train_minutes": _minutes(fit if fit is not None
+                                          else training.get("train_seconds")),
+                "total_minutes": _minutes(sum(float(v) for v in timings.values())
+                                          if not record["cache"]["checkpoint_hit"] else None),
+            })
+    return out
+
+
+def table(found: list[dict]) -> str:
+    lines = [
+        "| scale | AE train frames | probe train frames | encoder | MLP px | linear px | "
+        "baseline px | epochs (best) | still improving at the cap | training min | run min |",
+        "|---|---:|---:|---|---:|---:|---:|---|---|---:|---:|",
+    ]
+    for row in found:
+        improving = {True: "yes", False: "no", None: "-"}[row["still_improving"]]
+        lines.append(
+            f"| {row['scale']} ({SCALES[row['scale']]}, {row['version']}) | {row['frames']:,} | "
+            f"{row['probe_frames']:,} | {LABELS[row['encoder']]} | {row['mlp']:.2f} | "
+            f"{row['linear']:.2f} | {row['baseline']:.2f} | {row['epochs']} ({row['best']}) | "
+            f"{improving} | {row['train_minutes']} | {row['total_minutes']} |")
+    return "\n".join(lines)
+
+
+def plot(found: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, probe in zip(axes, ("mlp", "linear"), strict=True):
+        for encoder in ENCODERS:
+            points = sorted((r["frames"], r[probe]) for r in found if r["encoder"] == encoder)
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=LABELS[encoder])
+        base = sorted({(r["frames"], r["baseline"]) for r in found})
+        if base:
+            ax.plot(*zip(*base, strict=True), color="grey", linestyle=":",
+                    label="trivial baseline")
+        ax.set_xscale("log")
+        ax.set_xlabel("autoencoder training frames")
+        ax.set_title(f"best {'MLP' if probe == 'mlp' else 'linear'} probe")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("test error (px, lower is better)")
+    axes[0].legend()
+    fig.suptitle("LunarLander scale study (z=64, seed 0)")
+    fig.tight_layout()
+    tmp = PLOT.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    tmp.replace(PLOT)
+
+
+def report() -> int:
+    found = rows()
+    text = table(found)
+    print(text)
+    by_scale: dict[str, dict[str, dict]] = {}
+    for row in found:
+        by_scale.setdefault(row["scale"], {})[row["encoder"]] = {
+            "test": {"mlp": row["mlp"], "baseline": row["baseline"]}}
+    verdicts = []
+    for scale, records in by_scale.items():
+        if len(records) == len(ENCODERS):
+            holds, reasons = ordering(records)
+            verdicts.append(f"- **{scale}**: the paper's ordering "
+                            f"{'holds' if holds else 'does not hold'} ({'; '.join(reasons)}).")
+        else:
+            missing = ", ".join(LABELS[e] for e in ENCODERS if e not in records)
+            verdicts.append(f"- **{scale}**: not finished (missing {missing}).")
+    if found:
+        plot(found)
+    block = (f"{START}\n{text}\n\n" + "\n".join(verdicts) + "\n\n"
+             f"![scale study](leaderboard/{PLOT.name})\n{END}")
+    readme = README.read_text()
+    if START in readme and END in readme:
+        head, rest = readme.split(START, 1)
+        readme = head + block + rest.split(END, 1)[1]
+        README.write_text(readme)
+        print(f"README block updated; plot {PLOT.relative_to(ROOT)}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    go = sub.add_parser("run", help="climb the scales, one cell at a time")
+    go.add_argument("--scales", default="third,half,paper")
+    go.add_argument("--commit", action="store_true", help="commit each finished record")
+    go.add_argument("--device", default="cpu")
+    sub.add_parser("report", help="table, plot and README block from the board's records")
+    args = parser.parse_args()
+    if args.command == "run":
+        scales = args.scales.split(",")
+        unknown = [s for s in scales if s not in SCALES or s == "quick"]
+        if unknown:
+            parser.error(f"unknown scales {unknown}; choose from third, half, paper")
+        return run(scales, args.commit, args.device)
+    return report()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
