@@ -102,7 +102,9 @@ def run_cell(scale: str, encoder: str, commit: bool, device: str) -> dict:
                "--preset", scale, "--encoders", encoder, "--seeds", "1", "--z", "64",
                "--device", device, "--precision", "fp32", "--out", str(BOARD)]
     print(f"[scale study] {scale} {encoder}: {' '.join(command[1:])}", flush=True)
-    subprocess.run(command, cwd=ROOT, check=True)
+    # Run from the board's folder: from the repository root, ``-m`` would import the working
+    # tree's embench even when PYTHONPATH names a frozen copy of the code to run.
+    subprocess.run(command, cwd=BOARD, check=True)
     record = seed0_records()[scale, encoder]
     wall = time.time() - start
     if commit:
