@@ -110,7 +110,7 @@ def protocol_fingerprint(fields: dict[str, Any], version: str = CODE_VERSION) ->
 class RunRecord:
     """One run of one encoder on one task: what ran, how, and what it scored.
 
-    Attributes mirror the JSON fields (see ``DESIGN.md``); the most used:
+    Attributes mirror the JSON fields (``docs/records.md`` lists them); the most used:
 
     Attributes:
         encoder, task, preset, z_dim, seed: the cell of the board this run fills.

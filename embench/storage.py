@@ -8,8 +8,8 @@ final name.
 Two versions key what embench stores. :data:`ARTIFACT_VERSION` keys every artifact cache
 (datasets, checkpoints and fit states, embeddings, decoder-retraining results);
 :data:`CODE_VERSION`, the package version, keys what the board compares (run and protocol
-fingerprints, a record's ``embench_version``). This refines ``DESIGN.md``'s "code
-version" in cache keys: the artifact version is the version of the code that computes the
+fingerprints, a record's ``embench_version``); ``docs/storage.md`` lists every key and
+the version in it. The artifact version is the version of the code that computes the
 artifact, so a release that changes only probes, scoring or selection re-keys the records and
 reuses every dataset, checkpoint and embedding.
 """

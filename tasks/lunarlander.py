@@ -1,7 +1,7 @@
 """Lander positioning in LunarLander-v3 frames (regression, error in pixels).
 
 The data is generated locally with gymnasium + Box2D and cached as one HDF5 file under
-``EMBENCH_HOME/datasets/lunarlander/``. The protocol (DESIGN.md, "LunarLander collection"):
+``EMBENCH_HOME/datasets/lunarlander/``. The protocol (``docs/protocol.md``, "The tasks"):
 
 * ``LunarLander-v3`` with ``render_mode="rgb_array"``, driven by a random policy
   (``env.action_space.sample()`` on a seeded action space).

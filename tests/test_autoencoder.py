@@ -99,7 +99,7 @@ def test_reconstruction_has_the_input_shape(size):
 
 
 class PaperCVAE(nn.Module):
-    """Fig. 4 of the paper (DESIGN.md) written out layer by layer in plain ``torch.nn``, NCHW.
+    """Fig. 4 of the paper (docs/protocol.md) written layer by layer in plain ``torch.nn``, NCHW.
 
     The reference the fast :class:`FourLayerCVAE` is checked against; it shares no code with it.
     ``eps`` (the VAE's noise) is passed in, so both sides can decode the same sample.
