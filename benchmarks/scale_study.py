@@ -142,7 +142,13 @@ def rows() -> list[dict]:
             record = records.get((scale, encoder))
             if record is None:
                 continue
-            training = record.get("training") or {}
+            training = dict(record.get("training") or {})
+            if "still_improving" not in training and training.get("history"):
+                # records before 0.5.0 carry no verdict: the same formula on their history
+                from embench.training import convergence_verdict
+
+                training.update(convergence_verdict(training["history"],
+                                                    record["encoder_config"]["max_epochs"]))
             timings = record.get("timings") or {}
             fit = training.get("fit_seconds") if not record["cache"]["checkpoint_hit"] else None
             out.append({
