@@ -24,8 +24,10 @@ BUDGET_MINUTES = 20.0
 # (script, arguments, why these sizes). "{device}" is replaced by --device.
 BENCHMARKS: list[tuple[str, list[str], str]] = [
     ("train_throughput.py", ["--quick", "--rounds", "5", "--device", "{device}"],
-     "ae and p_ae at 64 px, batch 512, 5 rounds (3 gave 1.23-1.51x for ae from run to run); "
-     "bf16 one small step (emulated on most CPUs)"),
+     "ae and p_ae at 64 px, batch 512, 5 rounds (3 gave 1.23-1.51x for ae from run to run): "
+     "embench's step, 0.4.0's (p(x) recomputed every step) and the textbook one, with the "
+     "per-image perceptual cost with and without the p(x) cache; bf16 one small step where "
+     "it is emulated"),
     ("train_profile.py", ["--models", "ae,p_ae", "--steps", "2", "--device", "{device}"],
      "where an fp32 training step's time goes (kernels by kind, share, GFLOP/s, % of peak)"),
     ("probe_search.py", ["--epochs", "8", "--device", "{device}"],
