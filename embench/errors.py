@@ -59,6 +59,10 @@ class StorageError(EmbenchError):
     """EMBENCH_HOME cannot be written (read-only, full) or a stored file is unusable."""
 
 
+class WorkerDiedError(EmbenchError):
+    """A worker process died (killed, out of memory, crashed) before finishing its work."""
+
+
 class NotFittedError(EmbenchError, ValueError):
     """An estimator or encoder used before ``fit``."""
 

@@ -12,7 +12,8 @@ skipping finished work and shares it with single runs (and the other way round).
 and probe search of one run stay in one job because they are strictly sequential and each is
 skipped on its own; splitting them across workers would only add checkpoint loads.
 
-Executors only move :func:`execute_job` calls to workers: ``local`` is a spawn process pool,
+Executors only move :func:`execute_job` calls to workers: ``local`` is a process pool
+(:func:`embench.workers.process_pool`: spawned workers that never run the caller's main module),
 ``ray`` submits Ray tasks with CPU/GPU resource requests (``--address`` for an existing
 cluster, a local Ray instance otherwise). Every worker must see the same ``EMBENCH_HOME``:
 the driver writes a token there and each job checks it first, so a worker on other storage
@@ -31,11 +32,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from embench.errors import ConfigError, EmbenchError
+from embench.errors import ConfigError, EmbenchError, WorkerDiedError
 from embench.faults import crash_point
 from embench.presets import get_preset, task_z_sizes
 from embench.storage import atomic_path, resolve_home, safe_name
-from embench.workers import exit_with_parent, usable_cpus
+from embench.workers import exit_with_parent, process_pool, usable_cpus
 
 
 def toml_parser() -> ModuleType:
@@ -335,27 +336,36 @@ class WorkerLost(Exception):
 
 
 class LocalExecutor:
-    """A spawn process pool of ``workers`` processes on this machine."""
+    """A process pool of ``workers`` processes on this machine.
+
+    Its workers never run the caller's main module, so a sweep runs from any script, standard
+    input or notebook; in a daemonic process (a ``multiprocessing.Pool`` worker), which may
+    start none, each job runs in this process when it is submitted
+    (:func:`embench.workers.process_pool`).
+    """
 
     name = "local"
 
     def __init__(self, workers: int, threads: int = 1) -> None:
         self.workers, self.threads = workers, threads
         self._pool: Any = None
+        self._pool_of: dict[Any, Any] = {}  # handle -> the pool running it
 
     def _ensure_pool(self) -> Any:
         if self._pool is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_worker_init, initargs=(os.getpid(), self.threads))
+            self._pool = process_pool(self.workers, "sweep job", initializer=_worker_init,
+                                      initargs=(os.getpid(), self.threads))
         return self._pool
 
     def submit(self, job: Job, settings: dict[str, Any]) -> Any:
         """Start ``execute_job(job, settings)``; return a handle."""
-        return self._ensure_pool().submit(execute_job, job, settings)
+        try:
+            handle = self._ensure_pool().submit(execute_job, job, settings)
+        except WorkerDiedError:  # since the last results; the jobs it ran report it
+            self._pool = None
+            handle = self._ensure_pool().submit(execute_job, job, settings)
+        self._pool_of[handle] = self._pool
+        return handle
 
     def wait(self, handles: Iterable[Any], timeout: float) -> list[Any]:
         """The handles that finished within ``timeout`` seconds."""
@@ -368,11 +378,13 @@ class LocalExecutor:
         """The finished job's result (raises :class:`WorkerLost` if its process died)."""
         from concurrent.futures.process import BrokenProcessPool
 
+        pool = self._pool_of.pop(handle, self._pool)
         try:
             return handle.result()
         except BrokenProcessPool:
-            self._pool = None  # a fresh pool for what is resubmitted
-            raise WorkerLost("its worker process died (killed or out of memory)") from None
+            if self._pool is pool:
+                self._pool = None  # a fresh pool for what is resubmitted
+            raise WorkerLost(pool.died().message) from None  # which worker died, and why
 
     def shutdown(self, abort: bool = False) -> None:
         """Stop the workers; pending work is cancelled, running work too when ``abort``.

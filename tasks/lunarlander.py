@@ -37,11 +37,9 @@ from __future__ import annotations
 import functools
 import json
 import math
-import multiprocessing
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -66,7 +64,7 @@ from embench.protocols import (
     TaskData,
 )
 from embench.storage import fingerprint, home_dir
-from embench.workers import exit_with_parent, usable_cpus
+from embench.workers import exit_with_parent, process_pool, usable_cpus
 
 ENV_ID = "LunarLander-v3"
 IMAGE_SIZE = 64
@@ -327,14 +325,18 @@ def _run_rollouts(
     workers: int,
     on_result: Callable[[RolloutJob, Rollout], None],
 ) -> None:
-    """Collect ``jobs`` (in-process or in a spawn pool) and hand results over in job order."""
+    """Collect ``jobs`` (in-process or in a worker pool) and hand results over in job order.
+
+    The pool's workers never run the caller's main module, and in a daemonic process (a
+    ``multiprocessing.Pool`` worker) the rollouts are collected in this process
+    (:func:`embench.workers.process_pool`); a worker that dies raises ``WorkerDiedError``.
+    """
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             on_result(job, collect_rollout(job))
         return
-    context = multiprocessing.get_context("spawn")
-    executor = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context,
-                                   initializer=exit_with_parent, initargs=(os.getpid(),))
+    executor = process_pool(min(workers, len(jobs)), "generate lunarlander",
+                            initializer=exit_with_parent, initargs=(os.getpid(),))
     try:
         for job, result in zip(jobs, executor.map(collect_rollout, jobs), strict=True):
             on_result(job, result)
@@ -353,9 +355,9 @@ class LunarLanderTask:
     Args:
         workers: processes that generate rollouts; ``None`` uses one per usable CPU
             (``os.cpu_count()`` unless the process is pinned to fewer), ``1`` generates in this
-            process. The data does not depend on it. Worker processes are
-            spawned, so a script that calls :meth:`load` with more than one worker needs the
-            usual ``if __name__ == "__main__":`` guard.
+            process. The data does not depend on it. The workers never run the
+            caller's main module, so any caller works (a script without a main guard,
+            standard input, a notebook); a daemonic process generates in-process.
 
     Example:
         >>> task = LunarLanderTask(workers=2)
