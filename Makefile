@@ -28,8 +28,10 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
+# ruff, then the import contracts of pyproject.toml (layers, forbidden imports, no cycles)
 lint: $(STAMP)
-	$(VENV)/bin/ruff check embench encoders tasks tests benchmarks
+	$(VENV)/bin/ruff check embench encoders tasks tests benchmarks tools
+	$(PY) tools/lint_imports.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -16,16 +16,18 @@ import logging
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from embench.devices import resolve_device
 from embench.errors import ConfigError, EncoderContractError, PluginError
+from embench.progress import make_progress
+from embench.registry import load_task
+from embench.results import RunRecord, load_record
+from embench.runner import RunConfig, run
 from embench.storage import fingerprint as content_fingerprint
 from embench.storage import safe_name
-
-if TYPE_CHECKING:
-    from embench.results import RunRecord
 
 __all__ = ["TorchEncoder", "evaluate"]
 
@@ -101,9 +103,6 @@ def evaluate(
         >>> record = embench.evaluate("pca", "lunarlander", preset="smoke")  # doctest: +SKIP
         >>> record.test["mlp"], record.metric["name"]  # doctest: +SKIP
     """
-    from embench.results import load_record
-    from embench.runner import RunConfig, run
-
     if not isinstance(encoder, str) and not _follows_contract(encoder):
         encoder = _as_encoder(encoder, device=device,
                               image_size=_image_size(task, task_options))
@@ -324,8 +323,6 @@ class TorchEncoder:
         """The module's flattened float32 output for a uint8/float array, batch by batch."""
         import torch
 
-        from embench.devices import resolve_device
-
         device = resolve_device(self.device)
         module = _torch_module(self.module)
         rows = []
@@ -370,8 +367,6 @@ def _has_member(obj: Any, name: str) -> bool:
 
 def _image_size(task: str, options: dict[str, Any] | None) -> int:
     """The task's image side (for sizing a wrapped module), 64 where it does not say."""
-    from embench.runner import load_task
-
     size = getattr(load_task(task, options), "image_size", None)
     return size if isinstance(size, int) and size > 0 else 64
 
@@ -463,8 +458,6 @@ def _display(show: bool) -> Iterator[tuple[Any, Callable[[str], None]]]:
         yield None, _to_logger
         return
     from rich.console import Console
-
-    from embench.progress import make_progress
 
     # live bars in a terminal or a notebook, plain lines otherwise: what `embench run` shows
     with make_progress(Console(stderr=True, highlight=False)) as progress:

@@ -34,6 +34,9 @@ from typing import Any
 import numpy as np
 
 from embench.errors import ConfigError, DataError, EmbenchError
+from embench.paper import encoder_label
+from embench.records import load_records
+from embench.registry import load_task
 from embench.results import (
     Predictions,
     RunRecord,
@@ -79,13 +82,6 @@ def load_run(path: str | Path) -> LoadedRun:
     return LoadedRun(record, predictions, str(path))
 
 
-def encoder_label(encoder: str) -> str:
-    """How the board and the comparison name an encoder ("P. AE" for ``p_ae``)."""
-    from embench.leaderboard import ENCODER_LABELS  # the board owns the names
-
-    return ENCODER_LABELS.get(encoder, encoder)
-
-
 # --------------------------------------------------------------------------------------------
 # Per-item values
 # --------------------------------------------------------------------------------------------
@@ -93,10 +89,8 @@ def encoder_label(encoder: str) -> str:
 
 @functools.cache
 def _task(name: str) -> Any:
-    from embench.registry import get_plugin, instantiate
-
     try:
-        task, _ = instantiate(get_plugin("task", name).load(), name, "task", {}, {})
+        task = load_task(name)
     except EmbenchError as exc:
         raise ConfigError(f"Per-item values of {name} records need the task plugin {name!r} "
                           f"(its score() defines the metric): {exc}") from None
@@ -663,8 +657,7 @@ def resolve_sides(arguments: Sequence[str], *, directory: Path, task: str | None
 
 
 def _records_under(directory: Path) -> list[tuple[RunRecord, Path]]:
-    from embench.leaderboard import load_records  # the board's reader: validated, deduplicated
-
+    """Every valid record under ``directory`` with its path (validated, de-duplicated)."""
     if not directory.exists():
         return []
     loaded = load_records([directory])

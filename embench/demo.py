@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,9 +39,11 @@ from typing import Any
 
 import numpy as np
 
+from embench.devices import resolve_device
 from embench.errors import ConfigError, EmbenchError, NotFittedError
 from embench.presets import PRESETS, Preset, registered, task_sizes
-from embench.runner import RunConfig, load_task, run
+from embench.registry import get_plugin, load_task
+from embench.runner import RunConfig, run
 from embench.storage import fingerprint, sha256_arrays
 
 #: The demo's task and preset (LunarLander's ``demo`` sizes: 12 + 20 rollouts, 4,800 frames).
@@ -87,16 +90,14 @@ class UntrainedAE:
         """Build the network for the images' size with its seeded initial weights."""
         import torch
 
-        from embench.devices import resolve_device
-        from embench.encoders.autoencoder import FourLayerCVAE
-
         if not isinstance(self.z_dim, int) or self.z_dim < 1:
             raise ConfigError(f"UntrainedAE z_dim must be a positive integer; got "
                               f"{self.z_dim!r}.")
         size = int(np.shape(train_images)[-1])
+        network = _ae_network()
         with torch.random.fork_rng(devices=[]):  # as ae's fit builds it: the same weights
             torch.manual_seed(self.seed)
-            model = FourLayerCVAE(self.z_dim, size)
+            model = network(self.z_dim, size)
         self.model_ = model.to(resolve_device(self.device)).eval()
         self.image_size_ = size
         return self
@@ -133,6 +134,16 @@ class UntrainedAE:
                 mu, _ = self.model_.encode(x)
                 out[start:start + len(batch)] = mu.float().cpu().numpy()
         return out
+
+
+def _ae_network() -> Any:
+    """The network class the registered ``ae`` encoder trains (its ``FourLayerCVAE``).
+
+    It is found through the registry, in the module that defines the ``ae`` plugin, so the
+    core imports no plugin module (and a missing ``ae`` plugin is one clear error).
+    """
+    factory = get_plugin("encoder", "ae").load()
+    return sys.modules[factory.__module__].FourLayerCVAE
 
 
 def untrained_ae(z_dim: int = 64, seed: int = 0, device: str = "auto") -> UntrainedAE:

@@ -32,19 +32,21 @@ from typing import Any
 
 import numpy as np
 
+from embench.cache import cache_path, embedding_key
+from embench.devices import resolve_precision
 from embench.presets import Preset, task_sizes
 from embench.progress import format_seconds
-from embench.registry import accepts_keyword
+from embench.registry import accepts_keyword, get_plugin, load_task
 from embench.runner import (
     EncoderSetup,
     RunConfig,
     build_encoder,
     check_run_config,
-    load_task,
     reconstruction_key,
     training_key,
 )
 from embench.storage import safe_name
+from embench.workers import usable_cpus
 
 #: LunarLander frames generated per second by each worker process (45,000 frames in 69 s with
 #: 2 workers), plus the seconds it takes to start the worker pool.
@@ -279,10 +281,6 @@ def plan_run(config: RunConfig, *, measure: bool = True) -> RunPlan:
     Raises:
         EmbenchError: for the same bad configuration :func:`~embench.runner.run` refuses.
     """
-    from embench.cache import cache_path, embedding_key
-    from embench.devices import resolve_precision
-    from embench.registry import get_plugin
-
     preset, home, device = check_run_config(config)
     config = dataclasses.replace(config, precision=resolve_precision(config.precision, device))
     task_name = get_plugin("task", config.task).name
@@ -400,8 +398,6 @@ def _data_stage(task: Any, sizes: _Sizes | None, stored: bool, task_name: str) -
     if stored:
         return PlannedStage("data", f"reuse the stored {task_name} data", 0.0, True)
     if sizes is not None and sizes.frames is not None:
-        from embench.workers import usable_cpus
-
         workers = getattr(task, "workers", None) or usable_cpus()
         workers = min(workers, sizes.rollouts or 1)
         seconds = DATA_START_SECONDS + sizes.frames / (DATA_FRAMES_PER_SECOND_PER_WORKER

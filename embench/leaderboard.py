@@ -17,11 +17,9 @@ AE, P. VAE vs VAE) follow the tables.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +28,6 @@ import numpy as np
 from embench.compare import (
     LoadedRun,
     compare_records,
-    encoder_label,
     format_diff,
     format_p,
     format_ratio,
@@ -39,99 +36,21 @@ from embench.compare import (
     paired_test,
 )
 from embench.errors import EmbenchError
-from embench.results import (
-    RunRecord,
-    load_record,
-    path_of,
-    read_predictions,
-    sidecar_path,
-    validate_record,
+from embench.paper import (
+    ENCODER_LABELS,
+    PAPER,
+    PAPER_ENCODERS,
+    PAPER_RECONSTRUCTION,
+    encoder_label,
 )
+from embench.records import board_results, files_of, load_records, record_file
+from embench.results import RunRecord, load_record, read_predictions
 from embench.storage import atomic_path
-
-
-def _read_paper() -> dict[str, Any]:
-    """The paper's numbers, shipped as data (``embench/paper.json``), keyed by task and encoder."""
-    return json.loads(resources.files("embench").joinpath("paper.json").read_text("utf-8"))
-
-
-_PAPER_DATA = _read_paper()
-#: The paper's Tables II-VII: PAPER[task][probe][encoder][z] (LunarLander in px, others as
-#: accuracy fractions).
-PAPER: dict[str, dict[str, dict[str, dict[int, float]]]] = {
-    task: {probe: {encoder: {int(z): float(v) for z, v in numbers[probe].items()}
-                   for encoder, numbers in encoders.items() if probe in numbers}
-           for probe in ("mlp", "linear")}
-    for task, encoders in _PAPER_DATA["results"].items()
-}
-#: The paper's Table VIII: PAPER_RECONSTRUCTION[task][encoder] = test L1 of the best autoencoder
-#: of that type after decoder retraining, relative to the lowest of the four (lowest / own).
-PAPER_RECONSTRUCTION: dict[str, dict[str, float]] = {
-    task: {encoder: float(numbers["reconstruction"]) for encoder, numbers in encoders.items()
-           if "reconstruction" in numbers}
-    for task, encoders in _PAPER_DATA["results"].items()
-}
-#: The paper's encoders, in its column order.
-PAPER_ENCODERS: tuple[str, ...] = tuple(_PAPER_DATA["encoders"])
-#: How the board names encoders (others keep their registered name).
-ENCODER_LABELS: dict[str, str] = dict(_PAPER_DATA["encoder_labels"])
-
-
-def paper_encoders() -> tuple[str, ...]:
-    """The paper's encoders in its column order (what ``embench reproduce`` runs by default)."""
-    return PAPER_ENCODERS
-
 
 # Two-sided 95% Student-t quantiles by degrees of freedom (1..30); normal beyond.
 _T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
         2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
-
-
-@dataclass
-class LoadedRecords:
-    """Valid, de-duplicated records and the problems found in the rest."""
-
-    records: list[RunRecord] = field(default_factory=list)
-    paths: list[Path] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    duplicates: int = 0
-
-
-def load_records(directories: list[Path]) -> LoadedRecords:
-    """Read every ``*.json`` record under the directories, validating and merging duplicates.
-
-    A record is refused (with the reason) when its JSON is invalid or its fields disagree
-    with its own fingerprints. A record seen twice (same run fingerprint, which includes the
-    seed) counts once. A record may come with or without its predictions sidecar.
-    """
-    out = LoadedRecords()
-    seen: set[str] = set()
-    for directory in directories:
-        files = [directory] if directory.is_file() else sorted(directory.rglob("*.json"))
-        for path in files:
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                out.problems.append(f"{path}: not valid JSON ({exc})")
-                continue
-            problems = validate_record(data)
-            if problems:
-                out.problems.append(f"{path}: {'; '.join(problems)}")
-                continue
-            record = RunRecord.from_dict(data, source=str(path))
-            problems = record.consistency_problems()
-            if problems:
-                out.problems.append(f"{path}: {'; '.join(problems)}")
-                continue
-            key = f"{record.run_key}:{record.seed}"
-            if key in seen:
-                out.duplicates += 1
-                continue
-            seen.add(key)
-            out.records.append(record)
-            out.paths.append(path)
-    return out
 
 
 def mean_ci(values: list[float]) -> tuple[float, float | None]:
@@ -329,14 +248,6 @@ COMPARISON_PAIRS: tuple[tuple[str, str], ...] = (("p_ae", "ae"), ("p_vae", "vae"
 BOARD_RESAMPLES = 10_000
 #: The board's hand-written text, beside its README (rendered under the intro).
 NOTES_FILE = "NOTES.md"
-
-
-def record_file(results_dir: Path, record: RunRecord) -> Path:
-    """Where a board keeps ``record``: ``results_dir/<task>/<record file name>``."""
-    if record.predictions:  # the sidecar is named after the record file it was written beside
-        stem = record.predictions.removesuffix(".predictions.npz")
-        return results_dir / record.task / f"{stem}.json"
-    return results_dir / record.task / path_of(Path(), record).name
 
 
 class BoardRuns:
@@ -950,14 +861,6 @@ def render_plots(records: list[RunRecord], out_dir: Path) -> dict[str, str]:
     return plots
 
 
-def files_of(record_file: Path) -> list[Path]:
-    """A record file and the files beside it that exist (sidecar, grid, other pictures)."""
-    stem = record_file.stem
-    beside = [sidecar_path(record_file), record_file.with_suffix(".png"),
-              *sorted(record_file.parent.glob(f"{stem}.*.png"))]
-    return [record_file, *(p for p in dict.fromkeys(beside) if p.exists())]
-
-
 def publish(record_files: list[Path], out_dir: Path, plots: bool = True) -> Path:
     """The one way a board is published (``embench leaderboard``, ``reproduce``, ``sweep``).
 
@@ -976,11 +879,11 @@ def publish(record_files: list[Path], out_dir: Path, plots: bool = True) -> Path
     Raises:
         DataError: if a record file cannot be read.
     """
-    results = out_dir / "results"
-    for record_file in record_files:
-        task = load_record(record_file).task
+    results = board_results(out_dir)
+    for source_file in record_files:
+        task = load_record(source_file).task
         target_dir = results / task
-        for source in files_of(Path(record_file)):
+        for source in files_of(Path(source_file)):
             target = target_dir / source.name
             if target.exists() and target.resolve() == source.resolve():
                 continue
@@ -1001,7 +904,7 @@ def render_board(records: list[RunRecord], out_dir: Path, plots: bool = True) ->
     plot_files = render_plots(records, out_dir) if plots else {}
     path = out_dir / "README.md"
     with atomic_path(path) as tmp:
-        tmp.write_text(render_markdown(records, plot_files, results_dir=out_dir / "results",
+        tmp.write_text(render_markdown(records, plot_files, results_dir=board_results(out_dir),
                                        notes=notes.read_text() if notes.exists() else None,
                                        how_made=True))
     return path

@@ -4,6 +4,10 @@ Built-in plugins are declared in ``pyproject.toml`` exactly like a third party's
 ``embench.encoders`` and ``embench.tasks``. Entry points are loaded lazily; a plugin that fails
 to import is reported with its error and does not hide the others. An encoder that is not
 packaged can be named as ``module.path:factory``.
+
+A third group, ``embench.weights``, names the function behind ``embench weights fetch``: the
+plugin that knows where perceptual-network weights come from provides it, so the core never
+imports a plugin module to reach it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from embench.storage import safe_name
 
 ENCODER_GROUP = "embench.encoders"
 TASK_GROUP = "embench.tasks"
-_GROUPS = {"encoder": ENCODER_GROUP, "task": TASK_GROUP}
+#: Functions ``fetch(network, home, weights_path) -> dict`` behind ``embench weights fetch``.
+WEIGHTS_GROUP = "embench.weights"
+_GROUPS = {"encoder": ENCODER_GROUP, "task": TASK_GROUP, "weights": WEIGHTS_GROUP}
 
 
 @dataclass
@@ -96,6 +102,19 @@ def get_plugin(kind: str, name: str) -> PluginInfo:
         label = attr.split(".")[-1]
         return PluginInfo(safe_name(label, f"{kind} name"), kind, name, "(not packaged)")
     raise UnknownNameError(kind, name, plugins)
+
+
+def load_task(name: str, options: dict[str, Any] | None = None) -> Any:
+    """Construct a registered task by name (its data comes later, from ``task.load``).
+
+    Raises:
+        UnknownNameError: for a name no plugin has, with "did you mean".
+        PluginError: the plugin failed to import or to construct.
+        ConfigError: an option the task does not take.
+    """
+    info = get_plugin("task", name)
+    task, _ = instantiate(info.load(), name, "task", {}, options or {})
+    return task
 
 
 def accepts_keyword(function: Any, name: str) -> bool:

@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from embench import show
 from embench.cache import DEFAULT_BATCH as EMBED_BATCH
 from embench.cache import cache_path, embed_splits, embedding_key, read_cache, write_cache
 from embench.devices import check_precision, resolve_device, resolve_precision
-from embench.errors import ConfigError, EmbenchError, PluginError
+from embench.errors import ConfigError, DataError, EmbenchError, PluginError
 from embench.presets import (
     PRESETS,
     Preset,
@@ -40,9 +41,12 @@ from embench.protocols import (
     PROBE_VAL,
     SPLITS,
     TEST,
+    Encoder,
     TaskData,
+    missing_members,
 )
-from embench.registry import accepts_keyword, get_plugin, instantiate
+from embench.records import record_on_board
+from embench.registry import accepts_keyword, get_plugin, instantiate, load_task
 from embench.results import (
     SCHEMA_VERSION,
     Predictions,
@@ -70,6 +74,9 @@ from embench.storage import (
     safe_name,
     write_json,
 )
+
+# re-exported: callers import prepare_task (and load_task) from the runner, where they were
+from embench.taskdata import load_task_data, prepare_task  # noqa: F401
 
 Log = Callable[[str], None]
 
@@ -127,29 +134,6 @@ class RunOutcome:
     cache_hit: bool
     record_hit: bool = False
     on_board: bool = False
-
-
-def load_task(name: str, options: dict[str, Any] | None = None) -> Any:
-    """Construct a registered task by name."""
-    info = get_plugin("task", name)
-    task, _ = instantiate(info.load(), name, "task", {}, options or {})
-    return task
-
-
-def prepare_task(
-    name: str, preset: Preset, home: Path, seed: int = 0,
-    options: dict[str, Any] | None = None, progress: Any = None,
-) -> tuple[Any, TaskData]:
-    """Construct a task and make sure its data exists (generate or verify it)."""
-    task = load_task(name, options)
-    return task, load_task_data(task, preset, home, seed, progress)
-
-
-def load_task_data(task: Any, preset: Preset, home: Path, seed: int = 0,
-                   progress: Any = None) -> TaskData:
-    """Make sure a constructed task's data exists (generate or verify it) and load it."""
-    home_dir(home, "datasets")
-    return task.load(home, preset, seed, progress)
 
 
 def _fixed_size(encoder: Any, name: str, requested: int | None) -> int:
@@ -382,8 +366,6 @@ def _object_encoder(encoder: Any, config: RunConfig) -> EncoderSetup:
     ``save``, the class ``load`` and the object a config (``get_config``/``get_params``) to
     key the checkpoint; otherwise it is fitted on every run.
     """
-    from embench.protocols import Encoder, missing_members
-
     kind = type(encoder)
     label = f"{kind.__module__}.{kind.__qualname__}"
     missing = missing_members(encoder, Encoder)
@@ -471,6 +453,8 @@ def probe_stage(task: Any, cached: dict[str, dict[str, np.ndarray]], preset_sett
                 dict[str, Any], seed: int, device: str,
                 progress: Any) -> tuple[Any, ProbeScores]:
     """The paper's probe search on the cached embeddings, then the test scores."""
+    # deferred: embench.probes imports torch (~2 s); importers of the runner that never search
+    # probes (a sweep's driver, `embench run --estimate`) do without it
     from embench.probes import search_probes
 
     X = {name: cached[name]["embeddings"] for name in (PROBE_TRAIN, PROBE_VAL, TEST)}
@@ -484,6 +468,7 @@ def probe_stage(task: Any, cached: dict[str, dict[str, np.ndarray]], preset_sett
 
 def protocol_fields(task_name: str, task: Any, data: TaskData, preset: Preset) -> dict[str, Any]:
     """What makes two records comparable, with its fingerprint (known before any training)."""
+    # deferred: embench.probes imports torch (~2 s), as in probe_stage
     from embench.probes.search import candidate_names
 
     sizes = data.sizes()
@@ -517,8 +502,6 @@ def write_run_outputs(home: Path, record: RunRecord, scores: ProbeScores, data: 
     """
     import warnings
 
-    from embench.show import draw_show, show_path
-
     out = path_of(home, record)
     home_dir(home, "results")
     if grid_file is not None:  # Fig. 6-style grid next to the record
@@ -535,10 +518,10 @@ def write_run_outputs(home: Path, record: RunRecord, scores: ProbeScores, data: 
     sidecar = write_predictions(sidecar_path(out), predictions)
     record.predictions = sidecar.name
     try:
-        picture = draw_show(record, test.images, predictions, show_path(out))
+        picture = show.draw_show(record, test.images, predictions, show.show_path(out))
         record.pictures = {**(record.pictures or {}), "show": picture.path.name}
     except Exception as exc:  # a picture never costs a finished run
-        warnings.warn(f"The show picture {show_path(out).name} was not drawn "
+        warnings.warn(f"The show picture {show.show_path(out).name} was not drawn "
                       f"({type(exc).__name__}: {exc}); the run is kept without it.",
                       stacklevel=2)
     return write_record(home, record)
@@ -673,58 +656,6 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
     return RunOutcome(record, out, checkpoint_hit, cache_hit)
 
 
-def reproduce(
-    task: str, preset_name: str, *, encoders: tuple[str, ...] | None = None,
-    z_sizes: tuple[int, ...] | None = None, seeds: int = 1, home: Path | None = None,
-    device: str = "auto", precision: str = "fp32", out_dir: Path = Path("leaderboard"),
-    on_change: Callable[[list[Any]], None] | None = None, log: Log = lambda message: None,
-) -> Any:
-    """Run the paper's grid (encoders x z x seeds) on one task and publish the leaderboard.
-
-    ``encoders`` defaults to the paper's (listed in ``embench/paper.json``); ``z_sizes`` to the
-    task's grid at the preset.
-
-    A fixed sweep (:func:`embench.sweep.run_sweep`): one job at a time, each with all usable
-    CPUs, publishing to ``out_dir``. Finished runs are reused (checkpoints, embeddings,
-    records), and a cell whose record of the same protocol is already on the board is not run
-    again, so a reproduction resumes where it stopped, even on a new machine.
-
-    Returns:
-        The sweep's outcome (each job's state, the board's path).
-    """
-    from embench.leaderboard import paper_encoders
-    from embench.sweep import SweepSpec, run_sweep
-    from embench.workers import usable_cpus
-
-    spec = SweepSpec(encoders=paper_encoders() if encoders is None else tuple(encoders),
-                     tasks=(task,), z_sizes=tuple(z_sizes or ()), seeds=seeds,
-                     preset=preset_name, executor="local", workers=1,
-                     threads_per_job=usable_cpus(), device=device, precision=precision,
-                     home=home, out=out_dir)
-    return run_sweep(spec, on_change=on_change, log=log)
-
-
-def record_on_board(out_dir: Path, task: str, encoder: str, z: int, seed: int, protocol: str,
-                    device: str, precision: str) -> Path | None:
-    """The board's record of this (encoder, z, seed) cell under ``protocol``, if there is one.
-
-    A record counts when it is valid, consistent with its own fingerprints, of the same
-    protocol fingerprint (task, data, sizes, budgets, probes, metric and embench version),
-    device and precision. Anything else (an older protocol, another version) is run again.
-    """
-    directory = out_dir / "results" / safe_name(task, "task name")
-    pattern = f"{safe_name(encoder, 'encoder name')}-z{z}-seed{seed}-*.json"
-    for path in sorted(directory.glob(pattern)):
-        try:
-            record = load_record(path)
-        except EmbenchError:
-            continue
-        if (record.protocol_id == protocol and record.device == device
-                and record.precision == precision and not record.consistency_problems()):
-            return path
-    return None
-
-
 @dataclass
 class Verification:
     """The outcome of :func:`verify_record`: stored vs recomputed test metrics."""
@@ -754,8 +685,6 @@ def verify_record(
         DataError: the record's embedding cache is gone (rerun with ``full``).
     """
     import tempfile
-
-    from embench.errors import DataError
 
     stored = {k: float(v) for k, v in record.test.items()}
     if full and str(record.encoder_spec).startswith("python:"):

@@ -29,8 +29,11 @@ from typing import Any
 import numpy as np
 
 from embench.errors import ConfigError, DataError
+from embench.presets import Preset, get_preset
+from embench.registry import accepts_keyword, get_plugin
 from embench.results import Predictions, RunRecord, load_record, read_predictions, sidecar_path
-from embench.storage import atomic_path
+from embench.storage import atomic_path, resolve_home
+from embench.taskdata import prepare_task
 
 #: The picture's file name is the record's stem plus this suffix.
 SHOW_SUFFIX = ".show.png"
@@ -448,11 +451,6 @@ def show_record(
         >>> show_record("results/lunarlander/p_ae-z64-seed0-quick-....json").path
         ... # doctest: +SKIP
     """
-    from embench.presets import Preset, get_preset
-    from embench.registry import accepts_keyword, get_plugin
-    from embench.runner import prepare_task
-    from embench.storage import resolve_home
-
     record_path = Path(record_path)
     record = load_record(record_path)
     sidecar = (record_path.with_name(record.predictions) if record.predictions

@@ -32,10 +32,16 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from embench.devices import resolve_device
 from embench.errors import ConfigError, EmbenchError, WorkerDiedError
 from embench.faults import crash_point
+from embench.leaderboard import publish
+from embench.paper import paper_encoders
 from embench.presets import get_preset, task_z_sizes
+from embench.registry import load_task
+from embench.runner import RunConfig, run
 from embench.storage import atomic_path, resolve_home, safe_name
+from embench.taskdata import prepare_task
 from embench.workers import exit_with_parent, process_pool, usable_cpus
 
 
@@ -215,8 +221,6 @@ class SweepSpec:
 
     def jobs(self) -> list[Job]:
         """Every job of the sweep, data jobs first, runs in a stable order."""
-        from embench.runner import load_task
-
         preset = get_preset(self.preset)
         jobs = [Job("data", task) for task in self.tasks]
         for task in self.tasks:
@@ -296,13 +300,9 @@ def _execute(job: Job, settings: dict[str, Any]) -> tuple[str, bool, str | None,
     home = Path(settings["home"])
     _check_home(home, settings["token"])
     if job.kind == "data":
-        from embench.runner import prepare_task
-
         _, data = prepare_task(job.task, get_preset(settings["preset"]), home)
         sizes = data.sizes()
         return "done", False, None, f"{sum(sizes.values())} images in {len(sizes)} splits"
-    from embench.runner import RunConfig, run
-
     board = Path(settings["board"]) if settings.get("board") else None
     outcome = run(RunConfig(encoder=job.encoder or "", task=job.task, preset=settings["preset"],
                             z=job.z, seed=job.seed, device=settings["device"],
@@ -570,8 +570,6 @@ def run_sweep(spec: SweepSpec, *, on_change: Callable[[list[JobState]], None] | 
         finished or ``spec.out`` is ``None``); the board's folder is
         :meth:`SweepSpec.board_dir`.
     """
-    from embench.devices import resolve_device
-
     start = time.perf_counter()
     home = resolve_home(spec.home)
     device = str(resolve_device(spec.device))  # workers get the name, e.g. "cuda"
@@ -649,11 +647,39 @@ def run_sweep(spec: SweepSpec, *, on_change: Callable[[list[JobState]], None] | 
 
 def publish_sweep(states: list[JobState], out: Path) -> Path | None:
     """Publish the finished runs' records (with sidecars and pictures) on the board in ``out``."""
-    from embench.leaderboard import publish
-
     paths = [Path(s.result.record_path) for s in states
              if s.status == "done" and s.result is not None and s.result.record_path]
     if not paths:
         return None
     return publish(paths, out)
 
+# --------------------------------------------------------------------------------------------
+# The paper's grid on one task (`embench reproduce`)
+# --------------------------------------------------------------------------------------------
+
+def reproduce(
+    task: str, preset_name: str, *, encoders: tuple[str, ...] | None = None,
+    z_sizes: tuple[int, ...] | None = None, seeds: int = 1, home: Path | None = None,
+    device: str = "auto", precision: str = "fp32", out_dir: Path = Path("leaderboard"),
+    on_change: Callable[[list[Any]], None] | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> SweepOutcome:
+    """Run the paper's grid (encoders x z x seeds) on one task and publish the leaderboard.
+
+    ``encoders`` defaults to the paper's (listed in ``embench/paper.json``); ``z_sizes`` to the
+    task's grid at the preset.
+
+    A fixed sweep (:func:`run_sweep`): one job at a time, each with all usable CPUs,
+    publishing to ``out_dir``. Finished runs are reused (checkpoints, embeddings, records), and
+    a cell whose record of the same protocol is already on the board is not run again, so a
+    reproduction resumes where it stopped, even on a new machine.
+
+    Returns:
+        The sweep's outcome (each job's state, the board's path).
+    """
+    spec = SweepSpec(encoders=paper_encoders() if encoders is None else tuple(encoders),
+                     tasks=(task,), z_sizes=tuple(z_sizes or ()), seeds=seeds,
+                     preset=preset_name, executor="local", workers=1,
+                     threads_per_job=usable_cpus(), device=device, precision=precision,
+                     home=home, out=out_dir)
+    return run_sweep(spec, on_change=on_change, log=log)

@@ -137,7 +137,10 @@ ARTIFACT_CODE = ("encoders", "tasks", "embench/training", "embench/cache.py",
                  "embench/datastore.py", "embench/devices.py", "embench/presets.py",
                  "embench/runner.py")
 #: Digest of that code (docstrings, comments and layout aside) when ARTIFACT_VERSION was set.
-ARTIFACT_CODE_DIGEST = "6659785f2ab72f8288b62498b939a7c06288b28963f81c138ae7cbe4c4325c4b"
+#: Re-pinned without a version bump where nothing stored can change: issue 26 moved task
+#: loading, the board lookup and `reproduce` out of runner.py and changed its imports; issue
+#: 24's encoders/reference.py adds encoders, whose artifacts have keys of their own.
+ARTIFACT_CODE_DIGEST = "4b34dc6612b8e8e33cf31eea0ebc53106b3087d8db74b65c67c4b3a290ae78b3"
 
 
 def artifact_code_digest() -> str:
