@@ -292,7 +292,10 @@ def print_summary(record: RunRecord, path: Path, reused: bool = False) -> None:
     """Print the run's summary table: best MLP, best linear probe, trivial baseline.
 
     ``reused``: the run was already finished and its record was read, not recomputed.
+    A probe no better than the baseline is marked (:data:`embench.results.NOT_A_RESULT`).
     """
+    from embench.results import NOT_A_RESULT, NOT_A_RESULT_MARK  # numpy: not at CLI startup
+
     metric = record.metric
     arrow = "lower is better" if record.lower_is_better else "higher is better"
     table = Table(title=f"{record.encoder} on {record.task} (z={record.z_dim}, "
@@ -302,17 +305,24 @@ def print_summary(record: RunRecord, path: Path, reused: bool = False) -> None:
     table.add_column("val loss", justify="right")
     table.add_column(f"test {metric['name']} ({arrow})", justify="right")
     val_loss = {c["name"]: c["val_loss"] for c in record.probes["candidates"]}
+
+    def scored(key: str) -> str:  # a probe no better than the baseline is marked: no result
+        text = _fmt_metric(metric["name"], record.test[key])
+        return text if record.beats_baseline(key) else f"{text} {NOT_A_RESULT_MARK}"
+
     for label, key in (("best MLP", "mlp"), ("best linear", "linear")):
         chosen = record.probes[f"best_{key}"]
-        table.add_row(label, chosen, f"{val_loss[chosen]:.5f}",
-                      _fmt_metric(metric["name"], record.test[key]))
+        table.add_row(label, chosen, f"{val_loss[chosen]:.5f}", scored(key))
     table.add_row("trivial baseline", "train mean / majority", "",
                   _fmt_metric(metric["name"], record.test["baseline"]))
     if "least_squares" in record.test:  # not a paper row: the closed-form linear fit
         table.add_row("extra: least squares", "closed form", f"{val_loss['least_squares']:.5f}",
-                      _fmt_metric(metric["name"], record.test["least_squares"]))
+                      scored("least_squares"))
     console = _console()
     console.print(table)
+    if not all(record.beats_baseline(k) for k in ("mlp", "linear", "least_squares")
+               if k in record.test):
+        console.print(f"{NOT_A_RESULT_MARK} {NOT_A_RESULT}", markup=False, highlight=False)
     recon = record.reconstruction
     if recon:
         console.print(f"reconstruction (Table VIII): test L1 {recon['test_l1_before']:.4f} "

@@ -44,7 +44,14 @@ from embench.paper import (
     encoder_label,
 )
 from embench.records import board_results, files_of, load_records, record_file
-from embench.results import RunRecord, load_record, read_predictions
+from embench.results import (
+    NOT_A_RESULT,
+    NOT_A_RESULT_MARK,
+    RunRecord,
+    beats_baseline,
+    load_record,
+    read_predictions,
+)
 from embench.storage import atomic_path
 
 # Two-sided 95% Student-t quantiles by degrees of freedom (1..30); normal beyond.
@@ -179,7 +186,8 @@ def render_table(group: Group, probe: str,
     """One table in the paper's layout (rows: z sizes + Any; columns: encoders).
 
     ``ties[(row, encoder)]`` True marks a cell that is not significantly different from the
-    best of its row with ``†`` (see :func:`tie_marks`).
+    best of its row with ``†`` (see :func:`tie_marks`). A cell no better than the trivial
+    baseline (the last row) is marked ``✗``, explained under the table: it is not a result.
     """
     metric = group.metric["name"]
     lower = group.metric["direction"] == "lower"
@@ -187,6 +195,8 @@ def render_table(group: Group, probe: str,
     paper = PAPER.get(group.task, {}).get(probe, {})
     header = ["z size", *(ENCODER_LABELS.get(e, e) for e in encoders)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    baseline = float(np.mean([float(r.test["baseline"]) for r in group.records]))
+    no_result = False
     for z, row_values in table_rows(group, probe):
         best = _best(row_values, lower)
         row = [f"**{z}**" if z == "Any" else str(z)]
@@ -200,14 +210,18 @@ def render_table(group: Group, probe: str,
                 text = f"**{text}**"
             elif ties and ties.get((z, e)):
                 text += "†"
+            if not beats_baseline(mean, baseline, lower):
+                text += f" {NOT_A_RESULT_MARK}"
+                no_result = True
             ref = _paper_value(paper, e, z, lower)
             if ref is not None:
                 text += f" (paper {_fmt(metric, ref)})"
             row.append(text)
         lines.append("| " + " | ".join(row) + " |")
-    baseline = [float(r.test["baseline"]) for r in group.records]
-    lines.append(f"| trivial baseline | {_fmt(metric, float(np.mean(baseline)))} "
+    lines.append(f"| trivial baseline | {_fmt(metric, baseline)} "
                  f"(predict the probe-train mean / majority class) |" + " |" * (len(encoders) - 1))
+    if no_result:
+        lines += ["", f"{NOT_A_RESULT_MARK} {NOT_A_RESULT[0].upper()}{NOT_A_RESULT[1:]}."]
     return "\n".join(lines)
 
 

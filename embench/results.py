@@ -106,6 +106,26 @@ def protocol_fingerprint(fields: dict[str, Any], version: str = CODE_VERSION) ->
 # --------------------------------------------------------------------------------------------
 
 
+#: How the run table and the board mark a probe no better than the trivial baseline, and why.
+NOT_A_RESULT_MARK = "✗"
+NOT_A_RESULT = ("no better than the trivial baseline: not a result (the probe learned nothing "
+                "usable from these embeddings)")
+
+
+def beats_baseline(value: float, baseline: float, lower_is_better: bool) -> bool:
+    """Whether a probe's test metric is better than the trivial baseline's.
+
+    A probe that does not beat predicting the probe-train mean (or the majority class) learned
+    nothing usable from the embeddings (e.g. too few epochs for unscaled features): its number
+    is not a result, and the run table and the board mark it.
+
+    Example:
+        >>> beats_baseline(104.0, 17.6, lower_is_better=True)
+        False
+    """
+    return value < baseline if lower_is_better else value > baseline
+
+
 @dataclass
 class RunRecord:
     """One run of one encoder on one task: what ran, how, and what it scored.
@@ -225,6 +245,11 @@ class RunRecord:
     def lower_is_better(self) -> bool:
         """Whether the task's metric decreases as results improve."""
         return self.metric.get("direction") == "lower"
+
+    def beats_baseline(self, probe: str) -> bool:
+        """Whether ``test[probe]`` is better than the trivial baseline's (else: not a result)."""
+        return beats_baseline(float(self.test[probe]), float(self.test["baseline"]),
+                              self.lower_is_better)
 
     def consistency_problems(self) -> list[str]:
         """Where the record's fields disagree with its own fingerprints (an edited record).

@@ -256,3 +256,32 @@ def test_no_download_names_the_missing_files_without_network(runner, tmp_path,
                                   "--data-dir", str(tmp_path / "none")])
     one_line_error(result, "SVHN files not found", "train_32x32.mat", "Downloading is off")
     assert not list((tmp_path / "datasets" / "svhn").glob(".partial-download-*"))
+
+
+@pytest.mark.filterwarnings("ignore:builtin type .* has no __module__")  # Box2D
+@pytest.mark.parametrize("direction", ["lower", "higher"])
+def test_run_table_marks_probes_no_better_than_the_baseline(smoke_lunarlander, _isolated_home,
+                                                             capsys, direction):
+    import dataclasses
+
+    import embench
+    from embench.cli import print_summary
+    from embench.results import NOT_A_RESULT
+
+    record = embench.evaluate("pca", "lunarlander", preset="smoke", progress=False,
+                              home=smoke_lunarlander(_isolated_home))
+    base = record.test["baseline"]
+    worse, better = (2 * base, base / 2) if direction == "lower" else (base / 2, 2 * base)
+    record = dataclasses.replace(
+        record, metric={**record.metric, "direction": direction},
+        test={**record.test, "mlp": better, "linear": worse, "least_squares": better})
+    print_summary(record, _isolated_home / "r.json")
+    out = capsys.readouterr().out
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 2}
+    assert "✗" in rows["best linear"]  # worse than the baseline: marked
+    assert "✗" not in rows["best MLP"] and "✗" not in rows["extra: least squares"]
+    assert "✗" not in rows["trivial baseline"]
+    assert f"✗ {NOT_A_RESULT}" in " ".join(out.split())
+    record = dataclasses.replace(record, test={**record.test, "linear": better})
+    print_summary(record, _isolated_home / "r.json")
+    assert "✗" not in capsys.readouterr().out  # nothing to mark: no mark, no legend

@@ -522,3 +522,24 @@ def test_the_run_table_marks_embeddings_read_from_the_cache(tmp_path):
     rows = [line for line in text.splitlines() if "| cached ‡ |" in line]
     assert len(rows) == 1 and rows[0].startswith(f"| {encoder_label(data['encoder'])} |")
     assert "‡ reused the embeddings an earlier run had cached" in text
+
+
+@pytest.mark.parametrize("direction", ["lower", "higher"])
+def test_cells_no_better_than_the_baseline_are_marked_as_no_result(direction):
+    from embench.results import NOT_A_RESULT
+
+    def record(encoder, mlp, linear, baseline):
+        r = make_record(encoder, 32, 0, mlp, linear, baseline=baseline, preset="smoke")
+        if direction == "higher":
+            r["metric"] = {"name": "accuracy", "direction": "higher"}
+        return r
+
+    # lower is better: 104 px is worse than the 17.6 px baseline; higher: 0.05 < 0.10
+    bad, good, base = (104.0, 5.0, 17.6) if direction == "lower" else (0.05, 0.9, 0.10)
+    text = render_markdown([record("pca", good, bad, base), record("zeta", good, good, base)])
+    mlp, linear = (part.split("\n\n**")[0] for part in text.split("lowest validation loss**")[1:])
+    fmt = (lambda v: f"{v:.2f}") if direction == "lower" else (lambda v: f"{100 * v:.1f}%")
+    assert f"| 32 | **{fmt(good)}** | **{fmt(good)}** |" in mlp and "✗" not in mlp
+    assert f"| 32 | {fmt(bad)} ✗ | **{fmt(good)}** |" in linear
+    assert f"| **Any** | {fmt(bad)} ✗ | **{fmt(good)}** |" in linear
+    assert f"\n\n✗ {NOT_A_RESULT[0].upper()}{NOT_A_RESULT[1:]}." in linear
