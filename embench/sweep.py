@@ -38,7 +38,7 @@ from embench.faults import crash_point
 from embench.leaderboard import publish
 from embench.paper import paper_encoders
 from embench.presets import get_preset, task_z_sizes
-from embench.registry import load_task
+from embench.registry import accepts_keyword, get_plugin, load_task
 from embench.runner import RunConfig, run
 from embench.storage import atomic_path, resolve_home, safe_name
 from embench.taskdata import prepare_task
@@ -91,7 +91,8 @@ class Job:
         """A short label, e.g. ``run ae z=16 seed=0 lunarlander``."""
         if self.kind == "data":
             return f"data {self.task}"
-        return f"run {self.encoder} z={self.z} seed={self.seed} {self.task}"
+        size = "" if self.z is None else f" z={self.z}"  # None: the encoder's own size
+        return f"run {self.encoder}{size} seed={self.seed} {self.task}"
 
     @property
     def depends_on(self) -> Job | None:
@@ -226,7 +227,13 @@ class SweepSpec:
         for task in self.tasks:
             zs = self.z_sizes or task_z_sizes(load_task(task), preset)
             jobs += [Job("run", task, encoder, z, seed)
-                     for seed in range(self.seeds) for z in zs for encoder in self.encoders]
+                     for seed in range(self.seeds) for z in zs for encoder in self.encoders
+                     if self.z_sizes or takes_z(encoder)]
+            # an encoder of fixed size (no z_dim) runs once per seed at its own size when the
+            # z grid is the preset's; sizes asked for by name still apply to it (and fail)
+            jobs += [Job("run", task, encoder, None, seed)
+                     for seed in range(self.seeds) for encoder in self.encoders
+                     if not (self.z_sizes or takes_z(encoder))]
         return jobs
 
 
@@ -241,6 +248,14 @@ class JobResult:
     summary: str = ""
     error: str | None = None
     host: str = ""
+
+
+def takes_z(encoder: str) -> bool:
+    """Whether the registered encoder's factory takes ``z_dim`` (unknown names: assume so)."""
+    try:
+        return accepts_keyword(get_plugin("encoder", encoder).load(), "z_dim")
+    except EmbenchError:
+        return True  # the run itself reports the unknown or broken plugin
 
 
 # --------------------------------------------------------------------------------------------
@@ -652,6 +667,7 @@ def publish_sweep(states: list[JobState], out: Path) -> Path | None:
     if not paths:
         return None
     return publish(paths, out)
+
 
 # --------------------------------------------------------------------------------------------
 # The paper's grid on one task (`embench reproduce`)

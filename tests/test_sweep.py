@@ -295,3 +295,18 @@ def test_ctrl_c_stops_running_jobs_at_once(tmp_path, smoke_data):
     assert process.returncode == 130
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert not list((home / "results").rglob("*.json"))
+
+
+def test_a_fixed_size_encoder_runs_once_per_seed_at_its_own_size():
+    """With the preset's z grid, an encoder without z_dim is not crossed with the grid."""
+    from embench.sweep import SweepSpec
+
+    spec = SweepSpec(encoders=("ae", "alexnet_conv2"), tasks=("lunarlander",), seeds=2,
+                     preset="smoke")
+    runs = [(job.encoder, job.z, job.seed) for job in spec.jobs() if job.kind == "run"]
+    assert runs == [("ae", 8, 0), ("ae", 8, 1), ("alexnet_conv2", None, 0),
+                    ("alexnet_conv2", None, 1)]
+    named = SweepSpec(encoders=("alexnet_conv2",), tasks=("lunarlander",), z_sizes=(8,),
+                      preset="smoke")
+    assert [(job.encoder, job.z) for job in named.jobs() if job.kind == "run"] == [
+        ("alexnet_conv2", 8)]  # asked for by name: the run refuses it with one line
