@@ -11,6 +11,7 @@ stage, each with the elapsed time and an estimate of the time left.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import re
 import threading
 import time
@@ -281,7 +282,8 @@ def make_progress(console: Console | None = None, disable: bool = False,
         console: where it draws (default: rich's global console, standard output).
         disable: show nothing at all.
         live: force live bars (``True``) or lines (``False``); ``None`` asks the console
-            whether a person watches it (an interactive terminal or a notebook).
+            whether a person watches it (an interactive terminal, or a notebook with
+            ipywidgets: without it, lines).
 
     Returns:
         A :class:`rich.progress.Progress` (description, bar, count, elapsed, time left, info)
@@ -289,7 +291,9 @@ def make_progress(console: Console | None = None, disable: bool = False,
     """
     console = console or get_console()
     if live is None:
-        live = console.is_interactive or console.is_jupyter
+        # rich draws live bars in a notebook only with ipywidgets (else it warns at each bar)
+        live = console.is_interactive or (console.is_jupyter
+                                          and importlib.util.find_spec("ipywidgets") is not None)
     if not live and not disable:
         return LineProgress(console)
     return Progress(
