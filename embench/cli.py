@@ -713,6 +713,8 @@ def compare_command(runs: tuple[str, ...], task: str | None, z: int | None,
                   f"averaged over {len(pooled.seeds_a)} + {len(pooled.seeds_b)} seed(s). "
                   f"{comparison.method()}.", soft_wrap=True)
     console.print(f"[bold]{comparison.verdict()}[/bold]", soft_wrap=True)
+    for caveat in comparison.caveats():
+        console.print(f"[yellow]{caveat}[/yellow]", soft_wrap=True)
     if not all(is_record_file(r) for r in runs):
         console.print(f"records from {directory}", style="dim", soft_wrap=True)
 

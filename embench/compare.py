@@ -338,6 +338,21 @@ class Comparison:
     confidence: float
     records_a: list[str] = field(default_factory=list)
     records_b: list[str] = field(default_factory=list)
+    #: per side, the seeds whose encoder was still improving when its epoch cap stopped it
+    still_improving_a: list[int] = field(default_factory=list)
+    still_improving_b: list[int] = field(default_factory=list)
+
+    def caveats(self) -> list[str]:
+        """One line per side whose training the epoch cap cut short (empty when none)."""
+        lines = []
+        for label, seeds in ((self.label_a, self.still_improving_a),
+                             (self.label_b, self.still_improving_b)):
+            if seeds:
+                which = ", ".join(map(str, seeds))
+                lines.append(f"note: {label} (seed{'s' if len(seeds) > 1 else ''} {which}) was "
+                             "still improving when its epoch cap stopped training, so this "
+                             f"comparison may understate {label}.")
+        return lines
 
     def better(self) -> str | None:
         """Label of the significantly better encoder (pooled), or ``None``."""
@@ -378,6 +393,7 @@ class Comparison:
         out["direction"] = "lower" if self.lower_is_better else "higher"
         out["method"] = self.method()
         out["verdict"] = self.verdict()
+        out["caveats"] = self.caveats()
         return out
 
 
@@ -451,7 +467,9 @@ def compare_records(records_a: Sequence[str | Path | LoadedRun],
         n_groups=pooled.n_groups, resampling="items" if groups is None else "groups",
         per_seed=seed_results, pooled=pooled, n_resamples=n_resamples, seed=seed,
         confidence=confidence, records_a=[r.source for r in side_a],
-        records_b=[r.source for r in side_b])
+        records_b=[r.source for r in side_b],
+        still_improving_a=[r.record.seed for r in side_a if r.record.still_improving],
+        still_improving_b=[r.record.seed for r in side_b if r.record.still_improving])
 
 
 def _side(runs: list[LoadedRun], name: str) -> list[LoadedRun]:

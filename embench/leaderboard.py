@@ -197,6 +197,7 @@ def render_table(group: Group, probe: str,
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     baseline = float(np.mean([float(r.test["baseline"]) for r in group.records]))
     no_result = False
+    improving = improving_cells(group)
     for z, row_values in table_rows(group, probe):
         best = _best(row_values, lower)
         row = [f"**{z}**" if z == "Any" else str(z)]
@@ -213,6 +214,8 @@ def render_table(group: Group, probe: str,
             if not beats_baseline(mean, baseline, lower):
                 text += f" {NOT_A_RESULT_MARK}"
                 no_result = True
+            if (e, row_values[e].z) in improving:
+                text += f" {STILL_IMPROVING_MARK}"
             ref = _paper_value(paper, e, z, lower)
             if ref is not None:
                 text += f" (paper {_fmt(metric, ref)})"
@@ -222,7 +225,22 @@ def render_table(group: Group, probe: str,
                  f"(predict the probe-train mean / majority class) |" + " |" * (len(encoders) - 1))
     if no_result:
         lines += ["", f"{NOT_A_RESULT_MARK} {NOT_A_RESULT[0].upper()}{NOT_A_RESULT[1:]}."]
+    if improving:
+        lines += ["", f"{STILL_IMPROVING_MARK} {STILL_IMPROVING_NOTE}"]
     return "\n".join(lines)
+
+
+#: Marks a cell one of whose encoders was still improving when its epoch cap stopped it.
+STILL_IMPROVING_MARK = "⏱"
+STILL_IMPROVING_NOTE = ("Training was still improving when the epoch cap stopped it (in at "
+                        "least one of the cell's seeds: the best validation loss fell by more "
+                        "than 1% over the last patience window), so the figure understates "
+                        "this encoder.")
+
+
+def improving_cells(group: Group) -> set[tuple[str, int]]:
+    """The (encoder, z) cells with a record whose training the epoch cap cut short."""
+    return {(r.encoder, r.z_dim) for r in group.records if r.still_improving}
 
 
 def _paper_value(paper: dict[str, dict[int, float]], encoder: str, z: Any,
@@ -517,7 +535,7 @@ def _comparisons_block(group: Group, pairs: tuple[tuple[str, str], ...], runs: B
                        probes: tuple[str, ...], n_resamples: int, seed: int) -> str | None:
     """The paired comparisons of ``pairs`` in one group, one row per z and probe."""
     metric = group.metric["name"]
-    rows, failures, method = [], [], None
+    rows, failures, method, improving = [], [], None, False
     zs = sorted({r.z_dim for r in group.records})
     for a, b in pairs:
         for z in zs:
@@ -533,7 +551,10 @@ def _comparisons_block(group: Group, pairs: tuple[tuple[str, str], ...], runs: B
                     continue
                 p = c.pooled
                 method = method or c
-                rows.append([pair_label(a, b), str(z), _PROBE_LABELS.get(probe, probe),
+                marked = c.still_improving_a or c.still_improving_b
+                improving = improving or bool(marked)
+                rows.append([pair_label(a, b) + (f" {STILL_IMPROVING_MARK}" if marked else ""),
+                             str(z), _PROBE_LABELS.get(probe, probe),
                              f"{len(p.seeds_a)} + {len(p.seeds_b)}",
                              format_value(metric, p.mean_a), format_value(metric, p.mean_b),
                              f"{format_diff(metric, p.diff)} "
@@ -551,6 +572,9 @@ def _comparisons_block(group: Group, pairs: tuple[tuple[str, str], ...], runs: B
         notes.append(f"Each encoder's per-item test {metric} averaged over its seeds, the two "
                      f"compared item by item on the same test items: {method.method()}. "
                      "`embench compare` also shows the seed-by-seed pairs.")
+    if improving:
+        notes.append(f"{STILL_IMPROVING_MARK} A or B was still improving when its epoch cap "
+                     "stopped training: the comparison may understate it.")
     if failures:
         notes.append(f"Not compared: {'; '.join(failures)}")
     return "\n".join(["**Paired comparisons on the same test items**", "", *lines,

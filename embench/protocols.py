@@ -11,6 +11,7 @@ conformance battery.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -182,3 +183,59 @@ def missing_members(obj: Any, protocol: type) -> list[str]:
 def patience_for(max_epochs: int) -> int:
     """Early-stopping patience of the paper, as an integer: ``max(10, ceil(epochs / 20))``."""
     return max(10, math.ceil(max_epochs / 20))
+
+
+#: ``still_improving`` holds when the cap ended training and the best validation loss fell by
+#: more than this fraction over the last patience window.
+STILL_IMPROVING_THRESHOLD = 0.01
+
+
+def convergence_verdict(
+    history: list[Mapping[str, float]], max_epochs: int, patience: int | None = None
+) -> dict[str, Any]:
+    """Say whether training converged or the epoch cap cut it short while it still improved.
+
+    Args:
+        history: one row per epoch run, with ``train_loss`` and ``val_loss`` (the training
+            loop's :attr:`~embench.training.TrainResult.history`).
+        max_epochs: the run's epoch cap.
+        patience: its early-stopping patience (default: the paper's :func:`patience_for`).
+
+    Returns:
+        JSON-ready ``{"stop_reason", "still_improving", "final_window_improvement",
+        "generalization_gap"}``: ``stop_reason`` is ``"early_stopping"`` when patience ran out
+        before the cap, else ``"epoch_cap"``; ``final_window_improvement`` is the relative fall
+        of the best validation loss over the last ``patience`` epochs, ``(best before the
+        window - best at the end) / best before the window`` (with fewer epochs than that, the
+        first epoch's loss stands for "before"); ``still_improving`` is whether the cap ended
+        training and that fall exceeds :data:`STILL_IMPROVING_THRESHOLD`;
+        ``generalization_gap`` is the last epoch's validation loss over its training loss.
+        Values that cannot be computed (no history, a zero loss) are ``None``.
+
+    Example:
+        >>> rows = [{"train_loss": 1.0 / e, "val_loss": 1.2 / e} for e in range(1, 16)]
+        >>> convergence_verdict(rows, max_epochs=15)["still_improving"]
+        True
+    """
+    if patience is None:
+        patience = patience_for(max_epochs)
+    n = len(history)
+    verdict: dict[str, Any] = {
+        "stop_reason": "epoch_cap" if n >= max_epochs else "early_stopping",
+        "still_improving": False,
+        "final_window_improvement": None,
+        "generalization_gap": None,
+    }
+    if not n:
+        return verdict
+    val = [float(row["val_loss"]) for row in history]
+    before = min(val[:n - patience]) if n > patience else val[0]
+    if math.isfinite(before) and before > 0:
+        improvement = (before - min(val)) / before
+        verdict["final_window_improvement"] = improvement
+        verdict["still_improving"] = bool(
+            verdict["stop_reason"] == "epoch_cap" and improvement > STILL_IMPROVING_THRESHOLD)
+    last_train = float(history[-1]["train_loss"])
+    if math.isfinite(last_train) and last_train > 0:
+        verdict["generalization_gap"] = val[-1] / last_train
+    return verdict

@@ -28,6 +28,7 @@ import numpy as np
 
 from embench import __version__
 from embench.errors import DataError
+from embench.protocols import convergence_verdict
 from embench.storage import (
     ARTIFACT_VERSION,
     CODE_VERSION,
@@ -240,6 +241,23 @@ class RunRecord:
             return str(stored)
         return fingerprint("protocol", self.task, self.fingerprints["data"], self.preset_config,
                            self.metric, version=self.embench_version)
+
+    @property
+    def still_improving(self) -> bool:
+        """Whether the encoder's training was still improving when its epoch cap stopped it.
+
+        The record's ``training.still_improving`` (since 0.5.0); for an older record, the
+        same verdict computed from its training history and epoch cap
+        (:func:`embench.protocols.convergence_verdict`). ``False`` for an encoder that was
+        not trained here (a reused checkpoint keeps its training's verdict).
+        """
+        training = self.training or {}
+        if "still_improving" in training:
+            return bool(training["still_improving"])
+        history, cap = training.get("history"), self.encoder_config.get("max_epochs")
+        if not history or not isinstance(cap, int):
+            return False
+        return bool(convergence_verdict(history, cap)["still_improving"])
 
     @property
     def lower_is_better(self) -> bool:

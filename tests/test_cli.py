@@ -285,3 +285,31 @@ def test_run_table_marks_probes_no_better_than_the_baseline(smoke_lunarlander, _
     record = dataclasses.replace(record, test={**record.test, "linear": better})
     print_summary(record, _isolated_home / "r.json")
     assert "✗" not in capsys.readouterr().out  # nothing to mark: no mark, no legend
+
+
+def test_a_run_records_its_convergence_and_warns_when_the_cap_cut_it_short(
+        runner, tmp_path, smoke_lunarlander):
+    """A tiny real run stopped by its epoch cap records the verdict; the table warns on it."""
+    home = smoke_lunarlander(tmp_path)
+    args = ["run", "-e", "ae", "-t", "lunarlander", "--preset", "smoke", "--home", str(home)]
+    first = runner.invoke(main, args)
+    assert first.exit_code == 0, first.output
+    (path,) = (home / "results" / "lunarlander").glob("*.json")
+    record = json.loads(path.read_text())
+    training = record["training"]
+    assert training["stop_reason"] == "epoch_cap" and training["n_epochs"] == 2
+    val = [row["val_loss"] for row in training["history"]]
+    assert training["final_window_improvement"] == pytest.approx((val[0] - min(val)) / val[0])
+    last = training["history"][-1]
+    assert training["generalization_gap"] == pytest.approx(last["val_loss"] / last["train_loss"])
+    assert training["still_improving"] == (training["final_window_improvement"] > 0.01)
+    warning = "training was still improving when the epoch cap"
+    assert (warning in first.output) == training["still_improving"]
+    for improving in (True, False):  # the summary of the finished run is read from the record
+        record["training"].update(still_improving=improving, final_window_improvement=0.25)
+        path.write_text(json.dumps(record))
+        again = runner.invoke(main, args, env={"COLUMNS": "200"})
+        assert again.exit_code == 0 and "already finished" in again.output, again.output
+        assert (warning in again.output) == improving
+        if improving:
+            assert "fell 25.0% over the last patience window" in again.output

@@ -50,7 +50,7 @@ def _predict(y_true, errors_px, seed):
 
 def write_run(home, encoder, seed, errors, *, z=64, task="lunarlander", preset="quick",
               data="data-lunarlander-quick", y_true=None, predicted=None, groups="rollouts",
-              items=None, sidecar=True, created="2026-11-25T12:00:00+00:00"):
+              items=None, sidecar=True, created="2026-11-25T12:00:00+00:00", training=None):
     """Write a record (and its sidecar) whose test metrics are the predictions' scores."""
     y_true = _targets() if y_true is None else y_true
     if predicted is None:
@@ -78,7 +78,7 @@ def write_run(home, encoder, seed, errors, *, z=64, task="lunarlander", preset="
                          "encoder": f"enc-{encoder}", "data": data, "embeddings": "emb"},
         "split_sizes": {"test": len(y_true)}, "metric": metric, "protocol": protocol,
         "probes": {}, "test": {k: score(y_true, v) for k, v in predicted.items()},
-        "timings": {}, "versions": {}, "created": created,
+        "timings": {}, "versions": {}, "created": created, "training": training or {},
     })
     path = path_of(home, record)
     if sidecar:
@@ -309,3 +309,22 @@ def test_names_resolve_to_the_newest_record_per_seed_of_a_shared_z(home):
     side_a, _ = resolve_sides(["p_ae", "ae"], directory=home / "results",
                               task="lunarlander", z=32)
     assert side_a[0].record.z_dim == 32
+
+
+def test_compare_notes_a_side_whose_training_the_cap_cut_short(home):
+    """Seeds still improving at their epoch cap get one note each side; others none."""
+    capped = {"stop_reason": "epoch_cap", "still_improving": True}
+    early = {"stop_reason": "early_stopping", "still_improving": False}
+    for seed in (0, 1):
+        write_run(home, "p_vae", seed, _errors(3.0, seed=seed),
+                  training=capped if seed == 1 else early)
+        write_run(home, "ae", seed, _errors(12.0, seed=5 + seed), training=early)
+    result = CliRunner().invoke(main, ["compare", "p_vae", "ae", "--task", "lunarlander",
+                                       "--home", str(home)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert ("note: P. VAE (seed 1) was still improving when its epoch cap stopped training, so "
+            "this comparison may understate P. VAE.") in result.output
+    assert "note: AE" not in result.output
+    quiet = CliRunner().invoke(main, ["compare", "ae", "ae", "--task", "lunarlander",
+                                      "--home", str(home)])
+    assert "still improving" not in quiet.output

@@ -543,3 +543,21 @@ def test_cells_no_better_than_the_baseline_are_marked_as_no_result(direction):
     assert f"| 32 | {fmt(bad)} ✗ | **{fmt(good)}** |" in linear
     assert f"| **Any** | {fmt(bad)} ✗ | **{fmt(good)}** |" in linear
     assert f"\n\n✗ {NOT_A_RESULT[0].upper()}{NOT_A_RESULT[1:]}." in linear
+
+
+def test_cells_still_improving_at_the_cap_are_marked_and_explained():
+    """A cell with a seed cut short by its epoch cap is marked; older records are judged too."""
+    capped = make_record("p_vae", 64, 0, 3.0, 6.0)
+    capped["training"] = {"stop_reason": "epoch_cap", "still_improving": True}
+    settled = make_record("p_ae", 64, 0, 2.0, 5.0)
+    settled["training"] = {"stop_reason": "early_stopping", "still_improving": False}
+    older = make_record("ae", 64, 0, 12.0, 13.0)  # before 0.5.0: a history and a cap only
+    older["encoder_config"]["max_epochs"] = 15
+    older["training"] = {"history": [{"train_loss": 1.0 / e, "val_loss": 1.1 / e}
+                                     for e in range(1, 16)]}
+    text = render_markdown([capped, settled, older])
+    row = next(line for line in text.splitlines() if line.startswith("| 64 |"))
+    cells = dict(zip(["z", "AE", "P. AE", "P. VAE"], row.strip("|").split("|"), strict=False))
+    assert "⏱" in cells["P. VAE"] and "⏱" in cells["AE"] and "⏱" not in cells["P. AE"]
+    assert "⏱ Training was still improving when the epoch cap stopped it" in text
+    assert "⏱" not in render_markdown([settled])

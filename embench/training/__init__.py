@@ -11,11 +11,11 @@ from embench.devices import (
     check_precision,
     resolve_device,
 )
+from embench.protocols import convergence_verdict
 from embench.training.loop import (
     TrainingDivergedError,
     TrainResult,
     TrainState,
-    convergence_verdict,
     copy_state,
     fit_module,
 )
