@@ -146,6 +146,31 @@ def test_caller_is_a_worker_of_a_process_pool(tmp_path, pool):
     assert ("daemonic workers" if daemonic else "non-daemonic workers") in child.stdout
 
 
+SWEEP = """\
+print("main module ran", flush=True)
+import json
+
+from embench.sweep import SweepSpec, run_sweep
+
+spec = SweepSpec(encoders=("pca",), tasks=("lunarlander",), z_sizes=(4,), preset="smoke",
+                 device="cpu", workers=2, out=None)
+outcome = run_sweep(spec)
+print("RESULT", json.dumps([[s.job.name, s.status, s.errors] for s in outcome.states]))
+"""
+
+
+def test_sweep_from_a_script_without_main_guard(tmp_path):
+    # the sweep's own pool: each job runs in a worker (the data job starts a generator pool
+    # inside it); before, each worker ran the script again and died bootstrapping
+    (tmp_path / "sweep.py").write_text(SWEEP)
+    child = run_python(["sweep.py"], tmp_path)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.count("main module ran") == 1, child.stdout
+    states = result_of(child)
+    assert [state[:2] for state in states] == [["data lunarlander", "done"],
+                                               ["run pca z=4 seed=0 lunarlander", "done"]]
+
+
 #: The README's example embeds 1,500 frames with a ResNet-18 (~30 s here): the file, which the
 #: issue found hanging, runs by default; standard input, covered above, with the slow tests.
 @pytest.mark.parametrize("how", ["file", pytest.param("stdin", marks=pytest.mark.slow)])
