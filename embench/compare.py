@@ -188,8 +188,12 @@ class PairedResult:
 
     @property
     def significant(self) -> bool:
-        """Whether the interval of A − B excludes 0."""
-        return not self.ci_low <= 0.0 <= self.ci_high
+        """Whether the interval of A − B excludes 0 (never with one resampled unit).
+
+        With a single group (a smoke test split of one rollout) every resample is that group,
+        so the interval collapses to a point that says nothing about chance.
+        """
+        return self.n_groups >= 2 and not self.ci_low <= 0.0 <= self.ci_high
 
 
 def paired_test(values_a: np.ndarray, values_b: np.ndarray, groups: np.ndarray | None = None,
@@ -372,6 +376,9 @@ class Comparison:
         diff = (f"difference {first} − {second} {format_diff(self.metric, sign * pooled.diff)} "
                 f"[{format_diff(self.metric, low, unit=False)}, "
                 f"{format_diff(self.metric, high, unit=False)}]")
+        if pooled.n_groups < 2:
+            return (f"{self.label_a} and {self.label_b} cannot be told apart on a test split "
+                    f"of one group ({diff}): compare runs of a larger preset")
         if better is None:
             return (f"{self.label_a} and {self.label_b} are not significantly different: "
                     f"{diff}, {format_p(pooled.p_value)}")

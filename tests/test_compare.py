@@ -328,3 +328,15 @@ def test_compare_notes_a_side_whose_training_the_cap_cut_short(home):
     quiet = CliRunner().invoke(main, ["compare", "ae", "ae", "--task", "lunarlander",
                                       "--home", str(home)])
     assert "still improving" not in quiet.output
+
+
+def test_one_group_of_test_items_is_never_called_significant(home):
+    """A smoke-sized test split (one rollout) gives a point interval: no verdict from it."""
+    n = FRAMES  # one rollout
+    y_true = _targets(n)
+    a = write_run(home, "p_ae", 0, _errors(3.0, n=n), y_true=y_true)
+    b = write_run(home, "ae", 0, _errors(12.0, n=n, seed=5), y_true=y_true)
+    comparison = compare_records([a], [b])
+    assert comparison.n_groups == 1 and not comparison.pooled.significant
+    assert comparison.better() is None
+    assert "cannot be told apart on a test split of one group" in comparison.verdict()
