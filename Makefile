@@ -30,8 +30,8 @@ bench: $(STAMP)
 
 # ruff, then the import contracts of pyproject.toml (layers, forbidden imports, no cycles)
 lint: $(STAMP)
-	$(VENV)/bin/ruff check embench encoders tasks tests benchmarks tools
-	$(PY) tools/lint_imports.py
+	$(VENV)/bin/ruff check embench encoders tasks tests benchmarks .ci/lint_imports.py
+	$(PY) .ci/lint_imports.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
