@@ -410,10 +410,18 @@ def demo_command(ae_epochs: int | None, rollouts: tuple[int, ...] | None, frames
               help="The board's folder: the records (with their predictions and pictures) are "
               "copied into OUT/results, README.md and the plots written in OUT.")
 @click.option("--check", is_flag=True, help="Only validate the records; exit 1 if any is bad.")
+@click.option("--verify", is_flag=True,
+              help="With --check: rerun every record's probe search from its submission bundle "
+              "(embench submit) and reject any metric, selection or prediction that does not "
+              "come back.")
+@click.option("--schema-only", is_flag=True,
+              help="With --verify: accept records without a bundle on their schema alone.")
+@click.option("--html/--no-html", default=True, show_default=True,
+              help="Also write OUT/index.html, the browsable board.")
 @home_option
 @handle_errors
 def leaderboard_command(directories: tuple[Path, ...], out_dir: Path, check: bool,
-                        home: Path | None) -> None:
+                        verify: bool, schema_only: bool, html: bool, home: Path | None) -> None:
     """Render the leaderboard from result records (default: EMBENCH_HOME/results)."""
     # deferred: see the note at the top
     from embench.leaderboard import publish
@@ -421,6 +429,12 @@ def leaderboard_command(directories: tuple[Path, ...], out_dir: Path, check: boo
     from embench.storage import resolve_home
 
     dirs = list(directories) or [resolve_home(home) / "results"]
+    if verify or schema_only:
+        if not (check and verify):
+            raise click.UsageError("--verify goes with --check, and --schema-only with both: "
+                                   "embench leaderboard --check --verify DIR.")
+        _verify_board(dirs, schema_only)
+        return
     loaded = load_records(dirs)
     console = _console()
     for problem in loaded.problems:
@@ -436,6 +450,54 @@ def leaderboard_command(directories: tuple[Path, ...], out_dir: Path, check: boo
                         "Run `embench run` first or pass the directories that hold records.")
     path = publish(loaded.paths, out_dir)  # the records (and sidecars) join the board
     console.print(f"leaderboard written to {path}")
+    if html:
+        from embench.board_html import write_html  # deferred: see the note at the top
+
+        console.print(f"browsable board written to {write_html(out_dir)}")
+
+
+def _verify_board(dirs: list[Path], schema_only: bool) -> None:
+    """``leaderboard --check --verify``: one line per record, exit 1 if any is rejected."""
+    from embench.submission import verify_board  # deferred: see the note at the top
+
+    with make_progress(err_console) as progress:
+        board = verify_board(dirs, schema_only=schema_only, progress=progress)
+    console = _console()
+    for check in board.checks:
+        if check.accepted:
+            how = (f"verified from its bundle in {check.seconds:.1f} s" if check.verified
+                   else "schema only: no bundle")
+            console.print(f"[green]accepted[/green] {check.record} ({how})", soft_wrap=True,
+                          highlight=False)
+    for line in board.rejected:
+        err_console.print(f"[red]rejected:[/red] {line}", soft_wrap=True, markup=True,
+                          highlight=False)
+    console.print(f"{len(board.verified)} record(s) verified from their bundles, "
+                  f"{len(board.schema_only)} accepted on their schema only, "
+                  f"{len(board.rejected)} rejected, {board.duplicates} duplicate(s) merged.",
+                  soft_wrap=True)
+    if board.rejected:
+        raise DataError(f"{len(board.rejected)} record(s) rejected (listed above).")
+
+
+@main.command("submit")
+@click.argument("record_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--board", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also copy the bundle into BOARD/results/<task>/, ready for a pull request.")
+@home_option
+@handle_errors
+def submit_command(record_path: Path, board: Path | None, home: Path | None) -> None:
+    """Write RECORD's submission bundle: its probe embeddings beside it, for a board to verify."""
+    from embench.submission import write_bundle  # deferred: see the note at the top
+
+    files = write_bundle(record_path, home=home, board=board)
+    size = sum(f.stat().st_size for f in files)
+    console = _console()
+    for path in files:
+        console.print(f"  {path} ({path.stat().st_size / 1e6:.2f} MB)", markup=False,
+                      highlight=False, soft_wrap=True)
+    console.print(f"bundle: {len(files)} files, {size / 1e6:.2f} MB; a board checks it with "
+                  "`embench leaderboard --check --verify DIR`.", soft_wrap=True)
 
 
 @main.command("reproduce")

@@ -1,0 +1,166 @@
+"""Submission bundles (embench submit) and the board's check of them (leaderboard --verify).
+
+Three tiny smoke runs share one home: PCA and the untrained autoencoder on the same data and
+protocol, and PCA again under another protocol (the smoke preset with fewer probe epochs).
+Each test copies the bundles it needs onto a board of its own and tampers with that copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from embench.cli import main
+from embench.submission import BUNDLE_SPLITS, TOLERANCE, bundle_path
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, _smoke_lunarlander):
+    """``{name: record file}`` of three smoke runs in one home (``home`` is the home)."""
+    from embench.presets import get_preset, registered
+    from embench.runner import RunConfig, run
+
+    home = tmp_path_factory.mktemp("submission-home")
+    shutil.copytree(_smoke_lunarlander, home / "datasets")
+    out = {"home": home}
+    for name, encoder in (("pca", "pca"), ("other_encoder", "untrained_ae")):
+        config = RunConfig(encoder=encoder, task="lunarlander", preset="smoke", z=4, home=home,
+                           device="cpu")
+        out[name] = run(config).record_path
+    other = dataclasses.replace(get_preset("smoke"), probe_epochs=10)
+    with registered(other):  # the same data under other probe budgets: another protocol
+        out["other_protocol"] = run(RunConfig(encoder="pca", task="lunarlander", preset="smoke",
+                                              z=4, home=home, device="cpu")).record_path
+    return out
+
+
+def _submit(runs, name: str, board: Path) -> Path:
+    """``embench submit`` one run onto ``board``; return the record's path there."""
+    result = CliRunner().invoke(main, ["submit", str(runs[name]), "--home", str(runs["home"]),
+                                       "--board", str(board)])
+    assert result.exit_code == 0, result.output
+    return board / "results" / "lunarlander" / runs[name].name
+
+
+def _check(board: Path, *extra: str):
+    return CliRunner().invoke(main, ["leaderboard", "--check", "--verify",
+                                     str(board / "results"), *extra])
+
+
+def _rejection(result, record: Path, *needles: str) -> str:
+    """The check failed with exactly one rejection line, naming the record and each needle."""
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("rejected:")]
+    assert len(lines) == 1, result.stderr
+    assert record.name in lines[0]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_an_untouched_bundle_is_accepted(runs, tmp_path):
+    board = tmp_path / "board"
+    record = _submit(runs, "pca", board)
+    bundle = bundle_path(record)
+    names = sorted(p.name for p in record.parent.iterdir())
+    stem = record.stem
+    assert names == sorted([f"{stem}.json", f"{stem}.predictions.npz", f"{stem}.show.png",
+                            f"{stem}.embeddings.h5"])
+    data = json.loads(record.read_text())
+    with h5py.File(bundle, "r") as h5:  # the three probe splits, float32, compressed
+        assert sorted(h5) == sorted(BUNDLE_SPLITS)
+        for split in BUNDLE_SPLITS:
+            embeddings = h5[split]["embeddings"]
+            assert embeddings.dtype == np.float32 and embeddings.compression == "gzip"
+            assert embeddings.shape == (data["split_sizes"][split], 4)
+            assert len(h5[split]["labels"]) == data["split_sizes"][split]
+    result = _check(board)
+    assert result.exit_code == 0, result.output
+    assert "1 record(s) verified from their bundles" in result.output
+    assert "0 rejected" in result.output
+
+
+def test_a_hand_edited_metric_is_rejected(runs, tmp_path):
+    record = _submit(runs, "pca", tmp_path / "board")
+    data = json.loads(record.read_text())
+    claimed = data["test"]["mlp"]
+    data["test"]["mlp"] = claimed - 0.01  # a better number than the probes give
+    record.write_text(json.dumps(data))
+    line = _rejection(_check(tmp_path / "board"), record, "test.mlp: claimed",
+                      "against recomputed", f"{claimed:.8g}")
+    assert "test.linear" not in line  # only the edited metric is named
+
+
+def test_an_edited_prediction_is_rejected(runs, tmp_path):
+    record = _submit(runs, "pca", tmp_path / "board")
+    sidecar = record.with_name(record.stem + ".predictions.npz")
+    with np.load(sidecar) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    arrays["predicted_mlp"][3] += 5.0
+    np.savez_compressed(sidecar, **arrays)
+    _rejection(_check(tmp_path / "board"), record, "predictions.mlp: 1 item(s) differ",
+               "item 3: claimed", "against recomputed")
+
+
+def test_embeddings_swapped_for_another_encoders_are_rejected(runs, tmp_path):
+    record = _submit(runs, "pca", tmp_path / "board")
+    _submit(runs, "other_encoder", tmp_path / "elsewhere")  # its bundle, beside its record
+    bundle, theirs, own = bundle_path(record), bundle_path(runs["other_encoder"]), \
+        tmp_path / "own.h5"
+    shutil.copy(bundle, own)
+    # The other encoder's file as it is: its fingerprint names another run.
+    shutil.copy(theirs, bundle)
+    _rejection(_check(tmp_path / "board"), record, "fingerprints.embeddings: claimed",
+               "embeddings of another run")
+    # Its numbers under this record's fingerprints: the probe search gives other metrics.
+    shutil.copy(own, bundle)
+    with h5py.File(theirs, "r") as source, h5py.File(bundle, "r+") as target:
+        for split in BUNDLE_SPLITS:
+            target[split]["embeddings"][...] = source[split]["embeddings"][()]
+    _rejection(_check(tmp_path / "board"), record, "test.mlp: claimed", "against recomputed")
+
+
+def test_a_record_of_another_protocol_is_rejected(runs, tmp_path):
+    board = tmp_path / "board"
+    record = _submit(runs, "pca", board)
+    other = board / "results" / "lunarlander" / runs["other_protocol"].name
+    shutil.copy(runs["other_protocol"], other)
+    shutil.copy(runs["other_protocol"].with_name(runs["other_protocol"].stem
+                                                 + ".predictions.npz"),
+                other.with_name(other.stem + ".predictions.npz"))
+    bundle_path(record).rename(bundle_path(other))  # this protocol's bundle, that record
+    record.unlink()
+    _rejection(_check(board), other, "protocol: claimed", "embeddings of another protocol")
+
+
+def test_a_record_without_a_bundle_is_rejected_unless_schema_only(runs, tmp_path):
+    board = tmp_path / "board"
+    record = _submit(runs, "pca", board)
+    bundle_path(record).unlink()
+    _rejection(_check(board), record, "no submission bundle", "embench submit",
+               "--schema-only")
+    result = _check(board, "--schema-only")
+    assert result.exit_code == 0, result.output
+    assert "1 accepted on their schema only" in result.output
+
+
+def test_submit_without_the_cached_embeddings_says_where_to_look(runs, tmp_path,
+                                                                 one_line_error):
+    result = CliRunner().invoke(main, ["submit", str(runs["pca"]), "--home",
+                                       str(tmp_path / "empty-home")])
+    one_line_error(result, "are not cached in", "--home")
+
+
+def test_the_tolerance_is_the_one_verify_uses():
+    from embench.runner import verify_record
+
+    assert TOLERANCE == inspect.signature(verify_record).parameters["tolerance"].default
