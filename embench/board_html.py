@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import re
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -58,11 +59,19 @@ HTML_FILE = "index.html"
 def publish(record_files: list[Path], out_dir: Path, plots: bool = True) -> Path:
     """Publish like :func:`embench.leaderboard.publish`, then write the page beside it.
 
+    The page is a view of the records: when it cannot be written, a warning says why and the
+    published records and README.md stand.
+
     Returns:
         The path of the rendered markdown (the page is ``out_dir/index.html``).
     """
     path = publish_markdown(record_files, out_dir, plots=plots)
-    write_html(out_dir)
+    try:
+        write_html(out_dir)
+    except Exception as exc:  # the page is derived from the records: it never costs a run
+        warnings.warn(f"The board's page {out_dir / HTML_FILE} was not written "
+                      f"({type(exc).__name__}: {exc}); README.md and the records are.",
+                      stacklevel=2)
     return path
 
 

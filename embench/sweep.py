@@ -32,10 +32,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from embench.board_html import publish
 from embench.devices import resolve_device
 from embench.errors import ConfigError, EmbenchError, WorkerDiedError
 from embench.faults import crash_point
-from embench.leaderboard import publish
 from embench.paper import paper_encoders
 from embench.presets import get_preset, task_z_sizes
 from embench.registry import accepts_keyword, get_plugin, load_task

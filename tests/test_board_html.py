@@ -54,7 +54,10 @@ def test_every_group_and_cell_is_on_the_page(board_page):
 
 
 def test_publishing_writes_the_page_beside_the_markdown(tmp_path):
+    import embench.sweep
     from embench.board_html import publish
+
+    assert embench.sweep.publish is publish  # reproduce and sweep publish the page too
 
     source = sorted((BOARD / "results").rglob("*.json"))[:1]
     if not source:
