@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import warnings
 from pathlib import Path
@@ -16,9 +17,18 @@ from embench.errors import ConfigError
 from embench.presets import Preset, task_z_sizes
 from embench.protocols import Checkpointable, Encoder, RetrainsDecoder, Task
 from embench.runner import RunConfig, load_task, run
-from embench.testing import check_encoder, check_task, check_task_data
+from embench.testing import (
+    ENCODER_CHECKS,
+    TASK_CHECKS,
+    check_encoder,
+    check_task,
+    check_task_data,
+    encoder_checks,
+    parametrize_with_checks,
+    task_checks,
+)
 
-BUILTIN_ENCODERS = {"pca", "ae", "vae", "p_ae", "p_vae"}
+BUILTIN_ENCODERS = {"pca", "ae", "vae", "p_ae", "p_vae", "alexnet_conv2", "untrained_ae"}
 BUILTIN_TASKS = {"lunarlander", "stl10", "svhn"}
 
 # Box2D's SWIG bindings emit DeprecationWarnings on import; not ours to fix.
@@ -253,21 +263,138 @@ def test_missing_split_is_named():
         check_task_data(data, "classification")
 
 
-# -- the battery over every registered plugin --------------------------------------------------
+# -- the named checks: each property fails under its own name ----------------------------------
+
+
+class Unseeded(ReadmeEncoder):
+    """Draws its projection from fresh entropy: two fits with one config disagree."""
+
+    def fit(self, train_images, val_images, progress=None):
+        super().fit(train_images, val_images)
+        self.projection_ = np.random.default_rng().standard_normal(self.projection_.shape,
+                                                                   np.float32)
+        return self
+
+
+class BatchNormalized(ReadmeEncoder):
+    """Standardises each call's batch: the embedding of an image depends on its neighbours."""
+
+    def encode(self, images):
+        z = super().encode(images)
+        return (z - z.mean(axis=0)) / (z.std(axis=0) + 1e-6)
+
+
+class InPlace(ReadmeEncoder):
+    """Scales float input in place."""
+
+    def encode(self, images):
+        if images.dtype != np.uint8:
+            images *= 255.0
+            images /= 255.0 + 1e-3
+        return super().encode(images)
+
+
+class SilentlyUnfitted(ReadmeEncoder):
+    """Embeds before fit with an all-zero projection instead of refusing."""
+
+    def __init__(self, z_dim: int = 8, seed: int = 0):
+        super().__init__(z_dim, seed)
+        self.mean_ = np.zeros(3 * 64, np.float32)
+        self.projection_ = np.zeros((3 * 64, z_dim), np.float32)
+
+
+class UnclearlyUnfitted(ReadmeEncoder):
+    """Fails before fit with an error that does not say to fit."""
+
+    def encode(self, images):
+        if not hasattr(self, "mean_"):
+            raise TypeError("unsupported operand type(s) for -: 'ndarray' and 'NoneType'")
+        return super().encode(images)
+
+
+@pytest.mark.parametrize(("factory", "name", "match"), [
+    (Unseeded, "check_same_seed_same_embeddings", "Unseeded: two fits with the same config"),
+    (BatchNormalized, "check_encode_independent_of_batch_size",
+     "BatchNormalized: encode.. must not depend on the batch: 8 images at once and in parts "
+     "of 5 and 3"),
+    (InPlace, "check_encode_leaves_input_unchanged", r"InPlace.encode\(\) changed its float32"),
+    (SilentlyUnfitted, "check_unfitted_encoder_refuses",
+     "SilentlyUnfitted.encode.. before fit.. returned embeddings that fit.. then changed"),
+    (UnclearlyUnfitted, "check_unfitted_encoder_refuses",
+     "UnclearlyUnfitted.encode.. before fit.. raised TypeError"),
+])
+def test_each_cache_property_fails_under_its_own_name(factory, name, match):
+    checks = dict(encoder_checks(factory))
+    with pytest.raises(AssertionError, match=match):
+        checks[name]()
+    others = [other for other in checks if other != name]
+    for other in others:  # only the broken property fails
+        checks[other]()
+    with pytest.raises(AssertionError, match=f"^{name}: "):  # the one-call form names it too
+        check_encoder(factory)
+
+
+def test_a_pretrained_encoder_may_embed_before_fit(example_on_path):
+    from pooled_pixels import PooledPixels
+
+    dict(encoder_checks(PooledPixels, grid=2))["check_unfitted_encoder_refuses"]()
+
+
+def test_the_checks_have_the_same_names_whatever_the_plugin():
+    names = [name for name, _ in encoder_checks(NoEncode)]
+    assert names == [check.__name__ for check in ENCODER_CHECKS] == [
+        name for name, _ in encoder_checks(ReadmeEncoder, z_dim=3)]
+    assert len(set(names)) == len(names) and all(n.startswith("check_") for n in names)
+    assert [name for name, _ in task_checks(MinimalTask())] == [
+        check.__name__ for check in TASK_CHECKS]
+
+
+def test_parametrize_with_checks_gives_one_test_per_check_named_by_it():
+    mark = parametrize_with_checks(encoders=[(ReadmeEncoder, {"z_dim": 3}), FixedSizeEncoder],
+                                   tasks=[MinimalTask()])
+    assert mark.args[0] == "check"
+    ids = [param.id for param in mark.args[1]]
+    assert ids == ([f"ReadmeEncoder-{c.__name__}" for c in ENCODER_CHECKS]
+                   + [f"FixedSizeEncoder-{c.__name__}" for c in ENCODER_CHECKS]
+                   + [f"MinimalTask-{c.__name__}" for c in TASK_CHECKS])
+    for param in mark.args[1]:
+        (check,) = param.values
+        check()
+
+
+def test_task_data_is_loaded_once_and_only_when_a_check_needs_it():
+    loads = []
+
+    def load():
+        loads.append(1)
+        raise AssertionError("no data here")
+
+    checks = dict(task_checks(MinimalTask(), data=load))
+    checks["check_task_metadata"]()
+    assert not loads
+    with pytest.raises(AssertionError, match="no data here"):
+        checks["check_task_data_is_ready"]()
+    assert loads == [1]
+
+
+# -- the named checks over every registered plugin, and over the example plugin ---------------
 
 TINY_TRAINING = {"z_dim": 4, "max_epochs": 1, "batch_size": 12, "device": "cpu"}
+# Random loss-network weights, ONLY for these checks: the contract does not depend on them and
+# they spare the ImageNet AlexNet download. Real runs use "imagenet".
+RANDOM_PERCEPTUAL = {"perceptual_weights": "random"}
 ENCODER_CONFIG = {
     "pca": {"z_dim": 4},
     "ae": TINY_TRAINING,
     "vae": TINY_TRAINING,
-    # Random loss-network weights, ONLY for this contract check: the contract does not depend
-    # on them and they spare the ImageNet AlexNet download. Real runs use "imagenet".
-    "p_ae": {**TINY_TRAINING, "perceptual_weights": "random"},
-    "p_vae": {**TINY_TRAINING, "perceptual_weights": "random"},
+    "p_ae": {**TINY_TRAINING, **RANDOM_PERCEPTUAL},
+    "p_vae": {**TINY_TRAINING, **RANDOM_PERCEPTUAL},
+    "alexnet_conv2": {"device": "cpu", **RANDOM_PERCEPTUAL},
+    "untrained_ae": {"z_dim": 4, "device": "cpu"},
 }
 ENCODERS = sorted(registry.discover("encoder"))
 TASKS = sorted(registry.discover("task"))
-# Smaller than the smoke preset: the battery checks the contract, not the numbers.
+# Smaller than the smoke preset: the checks test the contract, not the numbers.
 TASK_PRESET = Preset(name="conformance", autoencoder_epochs=1, probe_epochs=1, decoder_epochs=1,
                      overrides={"lunarlander": {"unaltered_rollouts": 2, "altered_rollouts": 3,
                                                 "frames": 10},
@@ -275,8 +402,15 @@ TASK_PRESET = Preset(name="conformance", autoencoder_epochs=1, probe_epochs=1, d
                                 "svhn": {"autoencoder": 10, "probe": 10, "test": 5}})
 
 
-def test_the_battery_covers_every_builtin():
+def test_the_checks_cover_every_builtin():
     assert BUILTIN_ENCODERS <= set(ENCODERS) and BUILTIN_TASKS <= set(TASKS)
+    assert set(ENCODERS) <= set(ENCODER_CONFIG)  # each registered encoder at a tiny size
+
+
+def test_the_autoencoders_have_the_optional_hooks_the_checks_run():
+    for name in ("ae", "vae", "p_ae", "p_vae"):
+        encoder = registry.get_plugin("encoder", name).load()(**ENCODER_CONFIG[name])
+        assert isinstance(encoder, Checkpointable) and isinstance(encoder, RetrainsDecoder)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -284,12 +418,27 @@ def _one_thread(one_torch_thread):
     """Every test of this module runs its tiny fits on one torch thread."""
 
 
-@pytest.mark.parametrize("name", ENCODERS)
-def test_every_registered_encoder_passes_the_battery(name):
-    factory = registry.get_plugin("encoder", name).load()
-    encoder = check_encoder(factory, **ENCODER_CONFIG.get(name, {}))
-    if name in ("ae", "vae", "p_ae", "p_vae"):  # the battery did run their optional hooks
-        assert isinstance(encoder, Checkpointable) and isinstance(encoder, RetrainsDecoder)
+@pytest.mark.parametrize("check", [
+    pytest.param(check, id=f"{name}-{check_name}")
+    for name in ENCODERS
+    for check_name, check in encoder_checks(registry.get_plugin("encoder", name).load(),
+                                            **ENCODER_CONFIG.get(name, {}))])
+def test_every_registered_encoder_passes_the_named_checks(check):
+    check()
+
+
+def _example_plugin():
+    """The example plugin's module, imported from its file (it is not installed here)."""
+    spec = importlib.util.spec_from_file_location(
+        "pooled_pixels_example", EXAMPLE / "src" / "pooled_pixels" / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@parametrize_with_checks(encoders=[(_example_plugin().PooledPixels, {"grid": 2})])
+def test_the_example_plugin_passes_the_named_checks(check):
+    check()
 
 
 @pytest.fixture(scope="module")
@@ -299,7 +448,24 @@ def task_options(stl10_dir, svhn_dir):
             "svhn": {"data_dir": svhn_dir, **files}}
 
 
-@pytest.mark.parametrize("name", TASKS)
-def test_every_registered_task_passes_the_battery(name, task_options, tmp_path):
+@pytest.fixture(scope="module")
+def task_data(task_options, tmp_path_factory):
+    """``task_data(name)``: the task's data at TASK_PRESET, prepared once for this module."""
+    prepared = {}
+
+    def data(name):
+        if name not in prepared:
+            task = load_task(name, task_options.get(name, {}))
+            prepared[name] = task.load(tmp_path_factory.mktemp(name), TASK_PRESET, seed=0)
+        return prepared[name]
+
+    return data
+
+
+@pytest.mark.parametrize(("name", "check_name"), [
+    pytest.param(name, check.__name__, id=f"{name}-{check.__name__}")
+    for name in TASKS for check in TASK_CHECKS])
+def test_every_registered_task_passes_the_named_checks(name, check_name, task_options,
+                                                       task_data):
     task = load_task(name, task_options.get(name, {}))
-    check_task(task, task.load(tmp_path, TASK_PRESET, seed=0))
+    dict(task_checks(task, data=lambda: task_data(name)))[check_name]()
