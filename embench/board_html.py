@@ -340,6 +340,8 @@ def _record_card(record: RunRecord, group: Group, results_dir: Path | None) -> s
         ("last-window improvement", _percent(verdict.get("final_window_improvement"))),
         ("val / train loss (last epoch)", _ratio(verdict.get("generalization_gap")))]
     verdict_html = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in verdict_rows)
+    if not verdict:  # an encoder that was not trained here has no verdict to show
+        verdict_html = ""
     figures = "".join(
         f'<figure><a href="{_e(folder)}/{_e(name)}"><img src="{_e(folder)}/{_e(name)}" '
         f'alt="{_e(caption)}" loading=eager></a><figcaption>{_e(caption)}</figcaption></figure>'
@@ -347,7 +349,8 @@ def _record_card(record: RunRecord, group: Group, results_dir: Path | None) -> s
     curve = _curve_svg(training.get("history") or [], training.get("best_epoch"))
     return (f"<div class=card><h3>seed {record.seed}</h3>"
             f"<table class=kv>{metrics}</table>"
-            f"<h4>Training</h4>{curve}<table class=kv>{verdict_html}</table>{figures}"
+            f"<h4>Training</h4>{curve}"
+            f"{f'<table class=kv>{verdict_html}</table>' if verdict_html else ''}{figures}"
             f"<h4>Reproduce</h4><pre><code>{_e(reproduce_command(record))}</code></pre>"
             f'<p class=files><a href="{_e(folder)}/{_e(stem)}.json">record</a> · '
             f"{_e(record.embench_version)} · {_e(record.device)} {_e(record.precision)} · "
