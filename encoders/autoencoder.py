@@ -12,6 +12,11 @@ with p a frozen perceptual network (AlexNet ``features[:5]`` + Sigmoid by defaul
 :mod:`embench.encoders.perceptual`). In eval mode every model decodes ``mu`` and every encoder
 emits ``mu`` as the embedding.
 
+This file holds the encoders (fit, encode, decoder retraining, save/load); the network is
+:mod:`embench.encoders.cvae_network`, the staging of images and perceptual targets
+:mod:`embench.encoders.image_staging`, the resumable training state
+:mod:`embench.encoders.train_state`. Their names are re-exported here.
+
 Example:
     >>> from embench.encoders.autoencoder import PerceptualVAE
     >>> enc = PerceptualVAE(z_dim=32, max_epochs=15).fit(train_images, val_images)
@@ -26,7 +31,6 @@ import copy
 import inspect
 import json
 import tempfile
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -38,297 +42,67 @@ from torch import nn
 
 from embench import __version__
 from embench.devices import resolve_precision
+
+# The network, the image staging and the training-state files live in their own modules;
+# their names are re-exported here, where benchmarks, encoders/reference.py and the tests
+# import them (and where the tests patch the ones this module's encoders call).
+from embench.encoders.cvae_network import (  # noqa: F401 - re-exported
+    DECODER_CHANNELS,
+    DECODER_KERNELS,
+    ENCODER_CHANNELS,
+    FourLayerCVAE,
+    _kld,
+    check_image_size,
+    decoder_seed_side,
+    encoder_output_side,
+    four_layer_cvae,
+    four_layer_cvae_64,
+    four_layer_cvae_96,
+)
+from embench.encoders.image_staging import (  # noqa: F401 - re-exported
+    _LOAD_CHUNK,
+    INFERENCE_BATCH,
+    TARGET_RESIDENT_BYTES,
+    _as_tensor,
+    _batches,
+    _check_images,
+    _images_on_device,
+    _perceptual_targets,
+    _PerceptualTargets,
+    _take,
+    _to_unit,
+    _TrainingImages,
+)
+from embench.encoders.train_state import (  # noqa: F401 - re-exported
+    _STATE_META,
+    _STATE_TENSORS,
+    _load_train_state,
+    _save_train_state,
+)
 from embench.errors import ConfigError, NotFittedError, StorageError
 from embench.faults import crash_point
 from embench.storage import atomic_path, fingerprint, resolve_home, sha256_arrays, write_json
 from embench.training import (
     TrainState,
-    autocast,
     check_precision,
     convergence_verdict,
     fit_module,
     resolve_device,
 )
 
-ENCODER_CHANNELS = (3, 32, 64, 128, 256)
-DECODER_CHANNELS = (1024, 128, 64, 32, 3)
-DECODER_KERNELS = (5, 5, 6, 6)
-#: Images per forward pass in :meth:`FourLayerCVAEEncoder.encode` and friends.
-INFERENCE_BATCH = 1024
 #: Training holds lazy splits (h5py datasets, task views) in memory, at their stored size and
 #: training and validation together, up to this many bytes; a split beyond what is left is
 #: read from its store batch by batch instead. Arrays already in memory are used where they are.
 #: SVHN's extra split (1.63 GB stored at 32x32) is held; STL-10's unlabeled one (2.76 GB) is
 #: streamed for training and held for validation.
 RESIDENT_BYTES = 2 << 30
-#: The perceptual targets p(x) of both splits (computed once per fit, see
-#: :func:`_perceptual_targets`) are held in memory up to this many bytes together, apart from
-#: the images' budget; a split beyond what is left is read from its file batch by batch.
-#: AlexNet's conv2 map is 7x7x192 floats a 64 px image (37.6 kB in fp32, three times the
-#: image): the paper's 84,000 LunarLander frames take 3.2 GB.
-TARGET_RESIDENT_BYTES = 4 << 30
-_LOAD_CHUNK = 4096
 
 
 # --------------------------------------------------------------------------------------------
-# The network
+# The encoders
 # --------------------------------------------------------------------------------------------
 
-
-def check_image_size(height: int, width: int) -> int:
-    """Return the side of a square 64+16n image, or raise :class:`ConfigError`.
-
-    The decoder starts from a ``g x g`` map with ``g = (s - 64) / 16 + 1`` and its four stride-2
-    transposed convolutions (kernels 5, 5, 6, 6) grow it to exactly ``16 g + 48 = s`` pixels, so
-    only these sizes round-trip.
-    """
-    if height != width or height < 64 or (height - 64) % 16:
-        raise ConfigError(
-            "FourLayerCVAE needs square images of 64+16n pixels (64, 80, 96, ...); "
-            f"got {height}x{width}.",
-            "Resize the images (e.g. to 64x64) or choose an encoder without this constraint.",
-        )
-    return int(height)
-
-
-def _conv_out(size: int) -> int:
-    return (size - 4) // 2 + 1  # kernel 4, stride 2, no padding
-
-
-def encoder_output_side(image_size: int) -> int:
-    """Side of the last encoder feature map (2 for 64 px, 4 for 96 px)."""
-    side = image_size
-    for _ in range(len(ENCODER_CHANNELS) - 1):
-        side = _conv_out(side)
-    return side
-
-
-def decoder_seed_side(image_size: int) -> int:
-    """``g(s) = (s - 64) / 16 + 1``: side of the map the decoder's linear layer produces."""
-    return (image_size - 64) // 16 + 1
-
-
-def _kld(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    mu, logvar = mu.float(), logvar.float()
-    return -torch.mean(1 + logvar - mu.pow(2) - logvar.exp())
-
-
-def _to_unit(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 -> float32 in [0, 1], image batches channels-last (what the network runs in).
-
-    Floats are taken as they are (never modified in place).
-    """
-    if batch.dim() == 4:
-        # Converted while still uint8 (a quarter of the bytes); the division keeps the layout.
-        batch = batch.contiguous(memory_format=torch.channels_last)
-    if batch.dtype == torch.uint8:
-        return batch.div(255).float()  # one pass: true division yields float32 directly
-    return batch.float()
-
-
-def _take(data: torch.Tensor, batch: torch.Tensor | slice) -> torch.Tensor:
-    """Rows ``batch`` of ``data``: a view for a slice, ``index_select`` for an index tensor."""
-    # index_select is about 2x faster than advanced indexing for uint8 rows on CPU
-    return data[batch] if isinstance(batch, slice) else data.index_select(0, batch)
-
-
-class _SeedConvTranspose2d(nn.ConvTranspose2d):
-    """``ConvTranspose2d`` that maps a 1x1 input with one matrix product, channels-last out.
-
-    On a 1x1 input (the decoder's seed at 64 px) a transposed convolution without padding is
-    a linear map from ``C_in`` values to ``C_out x k x k``: ``out[n, c, i, j] = sum_k x[n, k]
-    W[k, c, i, j] + b[c]``. CPU convolution kernels run this shape at ~20 GFLOP/s, one
-    ``addmm`` at several times that. Same parameters and state dict as the parent class; any
-    other input size takes the parent's path.
-    """
-
-    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        plain = (self.padding == (0, 0) and self.output_padding == (0, 0)
-                 and self.dilation == (1, 1) and self.groups == 1 and output_size is None)
-        if not (plain and x.dim() == 4 and x.shape[-2:] == (1, 1)):
-            return super().forward(x, output_size)
-        c_out, kh, kw = self.weight.shape[1:]
-        if self.bias is None:
-            flat = x.flatten(1) @ self.weight.flatten(1)
-        else:
-            flat = torch.addmm(self.bias.repeat_interleave(kh * kw), x.flatten(1),
-                               self.weight.flatten(1))
-        return flat.view(-1, c_out, kh, kw).contiguous(memory_format=torch.channels_last)
-
-
-class FourLayerCVAE(nn.Module):
-    """World Models' convolutional VAE for square 64+16n pixel images.
-
-    Encoder: four ``Conv2d(kernel 4, stride 2)`` layers, channels 3→32→64→128→256, each with
-    BatchNorm + ReLU, flattened into two linear heads ``mu`` and ``logvar`` of size ``z_dim``.
-    Decoder: ``Linear(z_dim, 1024·g·g)`` + ReLU reshaped to ``(1024, g, g)``, then four
-    ``ConvTranspose2d(stride 2)`` layers 1024→128→64→32→3 with kernels 5, 5, 6, 6, BatchNorm +
-    ReLU on the first three and Sigmoid on the last.
-
-    It runs channels-last (NHWC memory, ~1.2x faster convolutions on CPU; inputs in NCHW are
-    converted) and computes the first transposed convolution from a 1x1 seed as a matrix
-    product. Both change only float rounding; ``textbook=True`` builds the same network the
-    plain way (NCHW, ``nn.ConvTranspose2d``), the baseline of ``benchmarks/train_throughput.py``.
-
-    Args:
-        z_dim: size of ``mu``, ``logvar`` and the decoder's input.
-        image_size: side of the square input (64, 80, 96, ...).
-        textbook: build the plain-PyTorch form instead.
-
-    Raises:
-        ConfigError: for any other image size.
-
-    Example:
-        >>> net = FourLayerCVAE(z_dim=32, image_size=64)
-        >>> recon, mu, logvar = net(torch.rand(8, 3, 64, 64))
-    """
-
-    def __init__(self, z_dim: int = 64, image_size: int = 64, *, textbook: bool = False) -> None:
-        super().__init__()
-        self.z_dim = z_dim
-        self.memory_format = torch.contiguous_format if textbook else torch.channels_last
-        transposed = nn.ConvTranspose2d if textbook else _SeedConvTranspose2d
-        self.image_size = check_image_size(image_size, image_size)
-        layers: list[nn.Module] = []
-        for i in range(len(ENCODER_CHANNELS) - 1):
-            c_in, c_out = ENCODER_CHANNELS[i], ENCODER_CHANNELS[i + 1]
-            layers += [nn.Conv2d(c_in, c_out, 4, stride=2), nn.BatchNorm2d(c_out), nn.ReLU(True)]
-        self.encoder = nn.Sequential(*layers, nn.Flatten())
-        flat = ENCODER_CHANNELS[-1] * encoder_output_side(image_size) ** 2
-        self.mu = nn.Linear(flat, z_dim)
-        self.logvar = nn.Linear(flat, z_dim)
-
-        g = decoder_seed_side(image_size)
-        layers = [
-            nn.Linear(z_dim, DECODER_CHANNELS[0] * g * g),
-            nn.ReLU(True),
-            nn.Unflatten(1, (DECODER_CHANNELS[0], g, g)),
-        ]
-        last = len(DECODER_KERNELS) - 1
-        for i, kernel in enumerate(DECODER_KERNELS):
-            c_in, c_out = DECODER_CHANNELS[i], DECODER_CHANNELS[i + 1]
-            layers.append(transposed(c_in, c_out, kernel, stride=2))
-            layers += [nn.Sigmoid()] if i == last else [nn.BatchNorm2d(c_out), nn.ReLU(True)]
-        self.decoder = nn.Sequential(*layers)
-        self.to(memory_format=self.memory_format)
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images ``(N, 3, s, s)`` in [0, 1] -> ``(mu, logvar)``, each ``(N, z_dim)``."""
-        features = self.encoder(x.contiguous(memory_format=self.memory_format))
-        return self.mu(features), self.logvar(features)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Codes ``(N, z_dim)`` -> images ``(N, 3, s, s)`` in [0, 1]."""
-        return self.decoder(z)
-
-    def forward(
-        self, x: torch.Tensor, *, sample: bool = False, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return ``(reconstruction, mu, logvar)``.
-
-        ``sample=True`` decodes ``mu + eps * exp(logvar / 2)`` (VAE training); otherwise ``mu``.
-        """
-        mu, logvar = self.encode(x)
-        z = mu
-        if sample:
-            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-            z = mu + eps * torch.exp(0.5 * logvar)
-        return self.decode(z), mu, logvar
-
-
-# --------------------------------------------------------------------------------------------
-# Data handling
-# --------------------------------------------------------------------------------------------
-
-
-def _check_images(images: Any, what: str) -> tuple[int, int]:
-    """Check an ``(N, 3, s, s)`` image array; return ``(N, s)``."""
-    shape = tuple(getattr(images, "shape", ()))
-    if len(shape) != 4 or shape[1] != 3:
-        raise ConfigError(
-            f"{what} must be an (N, 3, H, W) image array; got shape {shape}.",
-            "Pass channels-first RGB images, uint8 or float in [0, 1].",
-        )
-    dtype = np.dtype(str(images.dtype).replace("torch.", ""))
-    if dtype != np.uint8 and dtype.kind != "f":
-        raise ConfigError(f"{what} must be uint8 or float in [0, 1]; got dtype {dtype}.")
-    return int(shape[0]), check_image_size(int(shape[2]), int(shape[3]))
-
-
-def _as_tensor(array: Any) -> torch.Tensor:
-    """A CPU tensor sharing memory with a numpy array where possible (read-only use)."""
-    if isinstance(array, torch.Tensor):
-        return array
-    array = np.ascontiguousarray(array)
-    with warnings.catch_warnings():  # a read-only array is fine: nothing writes to it
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(array)
-
-
-def _images_on_device(images: Any, device: torch.device) -> torch.Tensor:
-    """The whole array on ``device`` in its own dtype (uint8 stays uint8: 4x less memory).
-
-    numpy arrays are wrapped without a copy on CPU; anything else that slices (an h5py dataset,
-    a lazy view) is read in chunks of ``_LOAD_CHUNK`` rows straight into the result, so the
-    result is the only full-size copy (none on the host when ``device`` is a GPU).
-    """
-    if isinstance(images, np.ndarray | torch.Tensor):
-        return _as_tensor(images).to(device)
-    shape = tuple(int(s) for s in images.shape)
-    dtype = torch.from_numpy(np.empty(0, dtype=np.dtype(images.dtype))).dtype
-    out = torch.empty(shape, dtype=dtype, device=device)
-    for start in range(0, shape[0], _LOAD_CHUNK):
-        out[start:start + _LOAD_CHUNK] = _as_tensor(images[start:start + _LOAD_CHUNK])
-    return out
-
-
-class _TrainingImages:
-    """One split as training reads it: rows by index tensor or slice, on ``device``.
-
-    A lazy view that tiles on access (it has ``tile > 1`` and ``untiled()``, like the task
-    views of :mod:`embench.tasks._files`) is read at its stored size and tiled per batch on
-    ``device``, so the tiled split never exists. numpy arrays and tensors are used as they are
-    (no copy on CPU). Other splits are read into memory once when their stored size is at most
-    ``limit`` bytes, else read from their store batch by batch (sorted index reads; such a
-    split must accept a sorted integer array as an index, as h5py datasets and task views do).
-    Every mode returns the same bytes for the same rows.
-
-    Attributes:
-        tile: how often each image is repeated along height and width per batch.
-        resident_bytes: bytes this holder read into memory (0 for in-memory or streamed ones).
-        streamed: whether batches are read from the store.
-    """
-
-    def __init__(self, images: Any, device: torch.device, limit: int) -> None:
-        self.device, self.tile = device, 1
-        source = images
-        in_memory = isinstance(images, np.ndarray | torch.Tensor)
-        tile = getattr(images, "tile", 1)
-        if (not in_memory and isinstance(tile, int | np.integer) and tile > 1
-                and callable(getattr(images, "untiled", None))):
-            source, self.tile = images.untiled(), int(tile)
-        self._n = int(source.shape[0])
-        stored = 0 if in_memory else (
-            int(np.prod(source.shape, dtype=np.int64)) * np.dtype(source.dtype).itemsize
-        )
-        self.streamed = stored > limit
-        self.resident_bytes = 0 if self.streamed else stored
-        self._source = source if self.streamed else None
-        self._data = None if self.streamed else _images_on_device(source, device)
-
-    def __len__(self) -> int:
-        return self._n
-
-    def take(self, batch: torch.Tensor | slice) -> torch.Tensor:
-        """Rows ``batch`` (an index tensor, sorted, or a slice), tiled, on the device."""
-        if self._data is not None:
-            images = _take(self._data, batch)
-        else:
-            key = batch if isinstance(batch, slice) else batch.cpu().numpy()
-            images = _as_tensor(self._source[key]).to(self.device)
-        if self.tile > 1:
-            images = images.repeat(1, 1, self.tile, self.tile)  # == np.tile of the view
-        return images
+DecoderChoice = Literal["original", "retrained"]
 
 
 def _training_splits(
@@ -340,86 +114,6 @@ def _training_splits(
     return train, val
 
 
-def _batches(images: Any, batch_size: int = INFERENCE_BATCH):
-    """Yield ``(start, cpu_tensor)`` chunks of an array-like, reading one chunk at a time."""
-    for start in range(0, int(images.shape[0]), batch_size):
-        yield start, _as_tensor(images[start:start + batch_size])
-
-
-class _PerceptualTargets:
-    """The frozen perceptual network's output p(x) for every image of one split.
-
-    p is frozen and the images never change, so a perceptual loss's target is the same in
-    every epoch: it is computed once per fit (by :func:`_perceptual_targets`) instead of once
-    per batch per epoch, for training and validation alike. Rows are stored channels-last
-    (``N, h, w, c``), as the network produces them, in the training precision (bf16 kept as
-    its 16-bit pattern: HDF5 has no bf16 type), and held or streamed like the images
-    (:class:`_TrainingImages`).
-    """
-
-    def __init__(self, rows: Any, bf16: bool, device: torch.device, limit: int) -> None:
-        self._rows = _TrainingImages(rows, device, limit)
-        self._bf16 = bf16
-        self.resident_bytes = self._rows.resident_bytes
-
-    def take(self, batch: torch.Tensor | slice) -> torch.Tensor:
-        """Targets of rows ``batch`` as float32 ``(n, c, h, w)`` (a channels-last view)."""
-        rows = self._rows.take(batch)
-        if self._bf16:
-            rows = rows.view(torch.bfloat16)
-        return rows.float().permute(0, 3, 1, 2)
-
-
-def _perceptual_targets(
-    network: nn.Module,
-    splits: dict[str, _TrainingImages],
-    device: torch.device,
-    precision: str,
-    path: Path,
-    files: contextlib.ExitStack,
-) -> dict[str, _PerceptualTargets]:
-    """p(x) of every image of each split, from ``path`` or computed and written there first.
-
-    Computed in eval mode under ``torch.inference_mode`` and the training precision's
-    autocast, :data:`INFERENCE_BATCH` images at a time, so a target has the bits a per-batch
-    recomputation in the same precision has up to convolution rounding (a batch of another
-    size may take another kernel). The file is written under a temporary name and renamed, so
-    an existing ``path`` is complete; the caller names it by the run's key and removes it when
-    the fit ends. It stays open (in ``files``) while a split too large to hold is streamed.
-    """
-    import h5py
-
-    bf16 = precision == "bf16"
-    if not path.exists():
-        with atomic_path(path) as tmp, h5py.File(tmp, "w") as out:
-            for name, images in splits.items():
-                dataset = None
-                for start in range(0, len(images), INFERENCE_BATCH):
-                    x = _to_unit(images.take(slice(start, start + INFERENCE_BATCH)))
-                    with torch.inference_mode(), autocast(device, precision):
-                        features = network(x)
-                    features = features.to(torch.bfloat16 if bf16 else torch.float32)
-                    rows = features.permute(0, 2, 3, 1).contiguous().cpu()
-                    rows = (rows.view(torch.int16) if bf16 else rows).numpy()
-                    if dataset is None:
-                        dataset = out.create_dataset(
-                            name, shape=(len(images), *rows.shape[1:]), dtype=rows.dtype,
-                            chunks=(min(len(images), 64), *rows.shape[1:]))
-                    dataset[start:start + len(rows)] = rows
-            out.attrs["precision"] = precision
-    stored = files.enter_context(h5py.File(path, "r"))
-    targets, budget = {}, TARGET_RESIDENT_BYTES
-    for name in splits:
-        targets[name] = _PerceptualTargets(stored[name], bf16, device, budget)
-        budget -= targets[name].resident_bytes
-    return targets
-
-
-# --------------------------------------------------------------------------------------------
-# The encoders
-# --------------------------------------------------------------------------------------------
-
-DecoderChoice = Literal["original", "retrained"]
 
 
 class FourLayerCVAEEncoder:
@@ -1179,63 +873,3 @@ class PerceptualVAE(FourLayerCVAEEncoder):
 _ENCODER_CLASSES: dict[str, type[FourLayerCVAEEncoder]] = {
     cls.__name__: cls for cls in (AE, VAE, PerceptualAE, PerceptualVAE)
 }
-
-
-# --------------------------------------------------------------------------------------------
-# Factories
-# --------------------------------------------------------------------------------------------
-
-
-def four_layer_cvae(z_dim: int = 64, image_size: int = 64) -> FourLayerCVAE:
-    """A FourLayerCVAE for ``image_size`` x ``image_size`` images."""
-    return FourLayerCVAE(z_dim=z_dim, image_size=image_size)
-
-
-def four_layer_cvae_64(z_dim: int = 64) -> FourLayerCVAE:
-    """The 64 px FourLayerCVAE (LunarLander, SVHN tiled 2x2)."""
-    return FourLayerCVAE(z_dim=z_dim, image_size=64)
-
-
-def four_layer_cvae_96(z_dim: int = 64) -> FourLayerCVAE:
-    """The 96 px FourLayerCVAE (STL-10)."""
-    return FourLayerCVAE(z_dim=z_dim, image_size=96)
-
-
-_STATE_TENSORS, _STATE_META = "train-state.safetensors", "train-state.json"
-
-
-def _save_train_state(directory: Path, run_key: str, state: TrainState) -> None:
-    """Write the resumable state atomically: tensors first, then the JSON that vouches for them."""
-    from safetensors.torch import save_file
-
-    from embench.storage import sha256_file
-
-    tensors, meta = state.to_parts()
-    directory.mkdir(parents=True, exist_ok=True)
-    with atomic_path(directory / _STATE_TENSORS) as tmp:
-        save_file(tensors, str(tmp))
-    meta = {"run_key": run_key, "tensors_sha256": sha256_file(directory / _STATE_TENSORS),
-            "state": meta}
-    write_json(directory / _STATE_META, meta)
-
-
-def _load_train_state(directory: Path, run_key: str) -> TrainState | None:
-    """The state saved by :func:`_save_train_state` for ``run_key``, or ``None``."""
-    from safetensors.torch import load_file
-
-    from embench.storage import sha256_file
-
-    meta_path, tensors_path = directory / _STATE_META, directory / _STATE_TENSORS
-    if not (meta_path.exists() and tensors_path.exists()):
-        return None
-    try:
-        meta = json.loads(meta_path.read_text())
-        if meta.get("run_key") != run_key or sha256_file(tensors_path) != meta["tensors_sha256"]:
-            warnings.warn(f"Ignoring the resumable state in {directory}: it belongs to another "
-                          "run or is incomplete; training from the start.", stacklevel=3)
-            return None
-        return TrainState.from_parts(load_file(str(tensors_path)), meta["state"])
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        warnings.warn(f"Ignoring the unreadable resumable state in {directory} ({exc}); "
-                      "training from the start.", stacklevel=3)
-        return None

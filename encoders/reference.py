@@ -28,13 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from embench.encoders.autoencoder import (
-    INFERENCE_BATCH,
-    FourLayerCVAE,
-    _batches,
-    _check_images,
-    _to_unit,
-)
+from embench.encoders.cvae_network import FourLayerCVAE
+from embench.encoders.image_staging import INFERENCE_BATCH, _batches, _check_images, _to_unit
 from embench.encoders.perceptual import build_perceptual_network
 from embench.encoders.perceptual_weights import torchvision_features
 from embench.errors import ConfigError, NotFittedError

@@ -194,7 +194,7 @@ def test_import_linter_sees_function_local_imports(tmp_path):
     """``make lint`` relies on grimp reading imports inside functions too."""
     pytest.importorskip("grimp")
     spec = importlib.util.spec_from_file_location("lint_imports",
-                                                  ROOT / "tools" / "lint_imports.py")
+                                                  ROOT / ".ci" / "lint_imports.py")
     lint_imports = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(lint_imports)
     lint_imports.stage_package(tmp_path)

@@ -31,7 +31,7 @@ from embench.testing import check_task, check_task_data
 
 # isort: split
 # (isort cannot map embench.tasks to tasks/, the package-dir; keep it with embench.)
-from embench.tasks import _files, stl10, svhn
+from embench.tasks import h5_images, stl10, svhn
 from embench.tasks._files import H5Images, SourceFile
 from embench.tasks.stl10 import STL10Task
 from embench.tasks.svhn import SVHNTask
@@ -431,7 +431,7 @@ def test_h5images_indexing_matches_numpy(store, tile):
 
 def test_h5images_reads_dense_and_sparse_rows(store, monkeypatch):
     path, images = store
-    monkeypatch.setattr(_files, "READ_BLOCK_BYTES", 3 * 8 * 8 * 6)  # blocks of 6 rows
+    monkeypatch.setattr(h5_images, "READ_BLOCK_BYTES", 3 * 8 * 8 * 6)  # blocks of 6 rows
     for rows in (np.arange(40), np.arange(0, 40, 2), np.arange(0, 40, 7), np.array([3, 4, 39])):
         view = H5Images(path, "x", rows=rows)
         np.testing.assert_array_equal(view[:], images[rows])
