@@ -18,7 +18,9 @@ Every cell is ``embench reproduce --preset SCALE --encoders NAME --seeds 1 --out
 its record goes on the board (the chosen scale's seed-0 cells are the board's seed-0 cells,
 never run twice), a cell already on the board under the current protocol is skipped, and a
 killed run resumes from its last finished epoch when called again with the same home (keep
-``EMBENCH_HOME``). With ``--commit`` each finished record is committed at once.
+``EMBENCH_HOME``). Each record gets its submission bundle (``embench submit``: the probe
+embeddings the board's ``--verify`` reruns the search on); with ``--commit`` each finished
+record is committed at once with it.
 
 Usage:
     python benchmarks/scale_study.py run [--commit] [--scales third,half,paper]
@@ -106,6 +108,14 @@ def run_cell(scale: str, encoder: str, commit: bool, device: str) -> dict:
     # tree's embench even when PYTHONPATH names a frozen copy of the code to run.
     subprocess.run(command, cwd=BOARD, check=True)
     record = seed0_records()[scale, encoder]
+    # the record's submission bundle (its probe embeddings) beside it, so the board's
+    # `embench leaderboard --check --verify` can rerun its probe search
+    board_file = next(RESULTS.glob(f"{encoder}-z64-seed0-{scale}-*.json"))
+    for path in sorted(RESULTS.glob(f"{encoder}-z64-seed0-{scale}-*.json")):
+        if json.loads(path.read_text())["created"] == record["created"]:
+            board_file = path
+    subprocess.run([sys.executable, "-m", "embench", "submit", str(board_file)], cwd=BOARD,
+                   check=True)
     wall = time.time() - start
     if commit:
         test = record["test"]
