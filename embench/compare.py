@@ -16,6 +16,9 @@ second formula to drift from the task's; that their mean reproduces the record's
 is checked for every record. The intervals reflect the sampling of test items for the trained
 encoders at hand, not the spread of training seeds: the per-seed rows show that.
 
+The statistics themselves are :mod:`embench.paired`; reading runs and resolving what the
+command line names is :mod:`embench.sides`.
+
 Example:
     >>> comparison = compare_records(["p_ae-z64-seed0-....json"], ["ae-z64-seed0-....json"])
     >>> print(comparison.verdict())  # doctest: +SKIP
@@ -34,52 +37,23 @@ from typing import Any
 import numpy as np
 
 from embench.errors import ConfigError, DataError, EmbenchError
+
+# The paired statistics (paired.py) and the runs' loading and name resolution (sides.py) live
+# in their own modules; their names are re-exported here, where the CLI, the board and the
+# tests import them.
+from embench.paired import PairedResult, paired_test  # noqa: F401 - re-exported
 from embench.paper import encoder_label
-from embench.records import load_records
 from embench.registry import load_task
-from embench.results import (
-    Predictions,
-    RunRecord,
-    load_record,
-    read_predictions,
-    sidecar_path,
+from embench.results import Predictions
+from embench.sides import (  # noqa: F401 - re-exported
+    LoadedRun,
+    is_record_file,
+    load_run,
+    resolve_sides,
 )
 
-#: How many resampled values one chunk of the bootstrap holds at most (bounds its memory).
-_CHUNK_VALUES = 4_000_000
 #: Relative tolerance between the mean of the per-item values and the record's test metric.
 _RTOL = 1e-9
-
-
-@dataclass
-class LoadedRun:
-    """A record and its per-item predictions (``None`` when it has no sidecar).
-
-    Attributes:
-        record: the run's record.
-        predictions: its sidecar's contents, or ``None`` (a record made before schema 2, or a
-            sidecar that is not beside it).
-        source: where it came from (the record file), for messages.
-    """
-
-    record: RunRecord
-    predictions: Predictions | None
-    source: str
-    #: per-item values by probe, computed once (the board compares one run several times)
-    values: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
-
-
-def load_run(path: str | Path) -> LoadedRun:
-    """Read a record file and, when it is there, the predictions sidecar beside it.
-
-    Raises:
-        DataError: if the record or an existing sidecar cannot be read.
-    """
-    path = Path(path)
-    record = load_record(path)
-    sidecar = sidecar_path(path)
-    predictions = read_predictions(sidecar) if sidecar.exists() else None
-    return LoadedRun(record, predictions, str(path))
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,157 +122,6 @@ def _require_sidecar(run: LoadedRun) -> Predictions:
                         "schema 2, beside the record as <record>.predictions.npz).",
                         "Rerun it with this version (embench run ...) to write them.")
     return run.predictions
-
-
-# --------------------------------------------------------------------------------------------
-# The paired test
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PairedResult:
-    """One paired comparison A vs B on the same items.
-
-    Attributes:
-        label: ``"seed 0"`` (one record each) or ``"pooled"`` (per-item values averaged over
-            each encoder's seeds).
-        seeds_a, seeds_b: the seeds on each side.
-        mean_a, mean_b: each encoder's metric (the mean per-item value).
-        diff, ci_low, ci_high: A − B and its confidence interval (bootstrap percentiles).
-        ratio, ratio_low, ratio_high: A / B and its interval (``None`` where B is 0).
-        p_value: two-sided, paired sign-flip permutation test (exact when all sign patterns
-            fit in the resamples); ``None`` when it was not run.
-        n_items, n_groups: test items, and the units resampled (groups, or items).
-    """
-
-    label: str
-    seeds_a: list[int]
-    seeds_b: list[int]
-    mean_a: float
-    mean_b: float
-    diff: float
-    ci_low: float
-    ci_high: float
-    ratio: float | None
-    ratio_low: float | None
-    ratio_high: float | None
-    p_value: float | None
-    n_items: int
-    n_groups: int
-
-    @property
-    def significant(self) -> bool:
-        """Whether the interval of A − B excludes 0 (never with one resampled unit).
-
-        With a single group (a smoke test split of one rollout) every resample is that group,
-        so the interval collapses to a point that says nothing about chance.
-        """
-        return self.n_groups >= 2 and not self.ci_low <= 0.0 <= self.ci_high
-
-
-def paired_test(values_a: np.ndarray, values_b: np.ndarray, groups: np.ndarray | None = None,
-                *, n_resamples: int = 10_000, seed: int = 0, confidence: float = 0.95,
-                label: str = "", seeds_a: Sequence[int] = (), seeds_b: Sequence[int] = (),
-                permutation: bool = True) -> PairedResult:
-    """Paired bootstrap interval and sign-flip p-value of mean(A) − mean(B) and mean(A)/mean(B).
-
-    Args:
-        values_a, values_b: ``(N,)`` per-item values of the same items in the same order.
-        groups: ``(N,)`` group of each item; whole groups are resampled (cluster bootstrap) and
-            sign-flipped together. ``None``: every item is its own group.
-        n_resamples: bootstrap resamples, and random sign patterns of the permutation test.
-        seed: seeds ``np.random.default_rng``; a fixed seed gives the same result every time.
-        confidence: of the intervals (percentile bootstrap).
-        label, seeds_a, seeds_b: copied into the result.
-        permutation: also run the permutation test (``False``: ``p_value`` is ``None``; the
-            board's tie marks need only the interval).
-
-    Returns:
-        The :class:`PairedResult`.
-
-    Raises:
-        ValueError: if the arrays disagree in length or are empty.
-
-    Example:
-        >>> paired_test(np.array([3.0, 4, 5, 6]), np.array([1.0, 2, 3, 4])).diff
-        2.0
-    """
-    a = np.asarray(values_a, dtype=np.float64)
-    b = np.asarray(values_b, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
-        raise ValueError(f"paired_test needs two (N,) arrays, N > 0; got {a.shape}, {b.shape}.")
-    if groups is None:
-        codes = np.arange(len(a))
-    else:
-        if len(groups) != len(a):
-            raise ValueError(f"groups has {len(groups)} entries for {len(a)} items.")
-        codes = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
-    n_groups = int(codes.max()) + 1
-    sum_a = np.bincount(codes, weights=a, minlength=n_groups)
-    sum_b = np.bincount(codes, weights=b, minlength=n_groups)
-    counts = np.bincount(codes, minlength=n_groups).astype(np.float64)
-    rng = np.random.default_rng(seed)
-    diffs, ratios = _cluster_bootstrap(sum_a, sum_b, counts, n_resamples, rng)
-    tail = 100 * (1 - confidence) / 2
-    ci_low, ci_high = (float(v) for v in np.percentile(diffs, [tail, 100 - tail]))
-    mean_a, mean_b = float(a.mean()), float(b.mean())
-    ratio = mean_a / mean_b if mean_b != 0 else None
-    ratio_low = ratio_high = None
-    if ratio is not None and np.isfinite(ratios).all():
-        ratio_low, ratio_high = (float(v) for v in np.percentile(ratios, [tail, 100 - tail]))
-    p_value = _sign_flip_p(sum_a - sum_b, len(a), n_resamples, rng) if permutation else None
-    return PairedResult(label, list(seeds_a), list(seeds_b), mean_a, mean_b, mean_a - mean_b,
-                        ci_low, ci_high, ratio, ratio_low, ratio_high, p_value, len(a),
-                        n_groups)
-
-
-def _cluster_bootstrap(sum_a: np.ndarray, sum_b: np.ndarray, counts: np.ndarray,
-                       n_resamples: int, rng: np.random.Generator
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Resample groups with replacement; per resample, mean(A) − mean(B) and mean(A)/mean(B)."""
-    n_groups = len(counts)
-    diffs = np.empty(n_resamples)
-    ratios = np.empty(n_resamples)
-    singletons = bool((counts == 1).all())  # no groups: every resample has n_groups items
-    chunk = max(1, _CHUNK_VALUES // n_groups)
-    for start in range(0, n_resamples, chunk):
-        stop = min(n_resamples, start + chunk)
-        index = rng.integers(0, n_groups, size=(stop - start, n_groups), dtype=np.int32)
-        items = float(n_groups) if singletons else counts[index].sum(axis=1)
-        mean_a = sum_a[index].sum(axis=1) / items
-        mean_b = sum_b[index].sum(axis=1) / items
-        diffs[start:stop] = mean_a - mean_b
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratios[start:stop] = mean_a / mean_b
-    return diffs, ratios
-
-
-def _sign_flip_p(group_diffs: np.ndarray, n_items: int, n_resamples: int,
-                 rng: np.random.Generator) -> float:
-    """Two-sided p of mean(A − B) under random sign flips of whole groups.
-
-    Exact (every sign pattern) when there are at most ``n_resamples`` patterns; otherwise
-    Monte Carlo with the observed pattern counted, ``(1 + hits) / (1 + n_resamples)``.
-    """
-    n_groups = len(group_diffs)
-    total = group_diffs.sum()
-    observed = abs(total) / n_items
-    # sums of the same numbers in another order may differ in the last bits
-    tolerance = 1e-9 * np.abs(group_diffs).sum() / n_items
-    if n_groups < 63 and 2 ** n_groups <= n_resamples:
-        patterns = (np.arange(2 ** n_groups)[:, None] >> np.arange(n_groups)) & 1
-        flipped = np.abs((1.0 - 2.0 * patterns) @ group_diffs) / n_items
-        return float(np.mean(flipped >= observed - tolerance))
-    hits = 0
-    chunk = max(1, _CHUNK_VALUES // n_groups)
-    for start in range(0, n_resamples, chunk):
-        rows = min(n_resamples, start + chunk) - start
-        bits = np.unpackbits(rng.integers(0, 256, size=(rows, (n_groups + 7) // 8),
-                                          dtype=np.uint8), axis=1)[:, :n_groups]
-        # a flipped group turns +d into -d: the sum loses 2d
-        flipped = np.abs(total - 2.0 * (bits @ group_diffs)) / n_items
-        hits += int(np.count_nonzero(flipped >= observed - tolerance))
-    return (1 + hits) / (1 + n_resamples)
 
 
 # --------------------------------------------------------------------------------------------
@@ -587,112 +410,3 @@ def format_p(p_value: float | None, prefix: bool = True) -> str:
     return f"p = {p_value:.3f}" if prefix else f"{p_value:.3f}"
 
 
-# --------------------------------------------------------------------------------------------
-# What the command line names
-# --------------------------------------------------------------------------------------------
-
-
-def is_record_file(argument: str) -> bool:
-    """Whether a command-line argument names a record file (else an encoder name)."""
-    return argument.endswith(".json") or Path(argument).is_file()
-
-
-def resolve_sides(arguments: Sequence[str], *, directory: Path, task: str | None = None,
-                  z: int | None = None, preset: str | None = None
-                  ) -> tuple[list[LoadedRun], list[LoadedRun]]:
-    """Turn record files and encoder names into the two sides of a comparison.
-
-    Record files are grouped by (encoder, z): one side each. An encoder name stands for its
-    records of ``task`` under ``directory`` (the newest per seed), narrowed by ``z`` and
-    ``preset``; if the sides then share several (z, protocol) combinations, or none, the
-    choice is refused rather than guessed.
-
-    Args:
-        arguments: record files (``*.json``) and encoder names; two sides in all.
-        directory: where names are looked up (searched recursively for records).
-        task, z, preset: narrow the records names stand for (``task`` is required with names).
-
-    Returns:
-        The runs of side A and of side B, in the order the arguments named them.
-
-    Raises:
-        ConfigError: not exactly two sides; a name without ``task``; no single (z, protocol)
-            both sides share.
-        DataError: a record file that cannot be read; a name without records.
-    """
-    # each side: a label, and its candidate (record, path) pairs; files are read once here
-    labels: list[str] = []
-    candidates: list[list[tuple[RunRecord, Path]]] = []
-    named: list[bool] = []
-    names = [a for a in dict.fromkeys(arguments) if not is_record_file(a)]
-    if names and task is None:
-        raise ConfigError(f"--task is needed to find the records of {', '.join(names)}.",
-                          "Add --task TASK, or pass record files.")
-    available = _records_under(directory) if names else []
-    for argument in dict.fromkeys(arguments):
-        if is_record_file(argument):
-            record = load_record(argument)
-            label = f"{record.encoder} z{record.z_dim}"
-            if label not in labels:
-                labels.append(label)
-                candidates.append([])
-                named.append(False)
-            candidates[labels.index(label)].append((record, Path(argument)))
-            continue
-        matches = [(r, p) for r, p in available if r.encoder == argument and r.task == task
-                   and (z is None or r.z_dim == z) and (preset is None or r.preset == preset)]
-        if not matches:
-            others = sorted({r.encoder for r, _ in available if r.task == task})
-            narrowed = "".join(f" {k} {v}" for k, v in (("z", z), ("preset", preset))
-                               if v is not None)
-            raise DataError(f"No records of {argument} on {task}{narrowed} under {directory} "
-                            f"(encoders with {task} records there: {', '.join(others) or 'none'}).",
-                            f"Run `embench run -e {argument} -t {task}`, point --board or "
-                            "--home at the records, or pass record files.")
-        labels.append(argument)
-        candidates.append(matches)
-        named.append(True)
-    if len(labels) != 2:
-        raise ConfigError(f"compare needs exactly two encoders, got {len(labels)}: "
-                          f"{', '.join(labels) or 'none'}.",
-                          "Give two encoder names (with --task), or the record files of two "
-                          "encoders (one per seed).")
-    if any(named):
-        keys = [{(r.protocol_id, r.z_dim) for r, _ in side} for side in candidates]
-        common = keys[0] & keys[1]
-        if len(common) != 1:
-            def listed(options: set[tuple[str, int]]) -> str:
-                return ", ".join(f"z{zz} protocol {proto[:12]}" for proto, zz in sorted(options))
-
-            if not common:
-                each = "; ".join(f"{label}: {listed(k)}"
-                                 for label, k in zip(labels, keys, strict=True))
-                raise ConfigError(f"{labels[0]} and {labels[1]} have no records of one z and "
-                                  f"protocol in common on {task} ({each}).",
-                                  "Choose other records, or rerun one encoder like the other.")
-            raise ConfigError(f"{labels[0]} and {labels[1]} have records of several z and "
-                              f"protocols in common on {task} ({listed(common)}).",
-                              "Choose one with --z or --preset, or pass record files.")
-        for i, side in enumerate(candidates):
-            if named[i]:
-                candidates[i] = _newest_per_seed([(r, p) for r, p in side
-                                                  if (r.protocol_id, r.z_dim) in common])
-    side_a, side_b = ([load_run(path) for _, path in side] for side in candidates)
-    return side_a, side_b
-
-
-def _records_under(directory: Path) -> list[tuple[RunRecord, Path]]:
-    """Every valid record under ``directory`` with its path (validated, de-duplicated)."""
-    if not directory.exists():
-        return []
-    loaded = load_records([directory])
-    return list(zip(loaded.records, loaded.paths, strict=True))
-
-
-def _newest_per_seed(runs: list[tuple[RunRecord, Path]]) -> list[tuple[RunRecord, Path]]:
-    """One record per seed, the newest (like the board, which supersedes older ones)."""
-    newest: dict[int, tuple[RunRecord, Path]] = {}
-    for record, path in runs:
-        if record.seed not in newest or record.created > newest[record.seed][0].created:
-            newest[record.seed] = (record, path)
-    return [newest[seed] for seed in sorted(newest)]
