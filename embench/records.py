@@ -82,11 +82,20 @@ def record_file(results_dir: Path, record: RunRecord) -> Path:
     return results_dir / record.task / path_of(Path(), record).name
 
 
+#: A record's submission bundle keeps its probe embeddings in ``<record stem>`` + this.
+BUNDLE_SUFFIX = ".embeddings.h5"
+
+
 def files_of(record_file: Path) -> list[Path]:
-    """A record file and the files beside it that exist (sidecar, grid, other pictures)."""
+    """A record file and the files beside it that exist (sidecar, pictures, bundle).
+
+    Publishing copies all of them, so a record submitted with its bundle reaches the board
+    with it (``embench leaderboard --check --verify`` reruns its probe search from it).
+    """
     stem = record_file.stem
     beside = [sidecar_path(record_file), record_file.with_suffix(".png"),
-              *sorted(record_file.parent.glob(f"{stem}.*.png"))]
+              *sorted(record_file.parent.glob(f"{stem}.*.png")),
+              record_file.with_name(stem + BUNDLE_SUFFIX)]
     return [record_file, *(p for p in dict.fromkeys(beside) if p.exists())]
 
 

@@ -28,14 +28,12 @@ from embench.cache import KEY_ATTR, cache_path, read_cache
 from embench.datastore import Unusable, read_store, write_store
 from embench.errors import DataError, EmbenchError
 from embench.protocols import PROBE_TRAIN, PROBE_VAL, TEST
-from embench.records import board_results, files_of, load_records
+from embench.records import BUNDLE_SUFFIX, board_results, files_of, load_records
 from embench.registry import load_task
 from embench.results import RunRecord, load_record, read_predictions, sidecar_path
 from embench.runner import probe_stage
 from embench.storage import atomic_path, resolve_home
 
-#: The file beside a record that holds its embeddings: ``<record stem>.embeddings.h5``.
-BUNDLE_SUFFIX = ".embeddings.h5"
 #: The splits the probe search reads (the autoencoder's splits are not needed to verify).
 BUNDLE_SPLITS = (PROBE_TRAIN, PROBE_VAL, TEST)
 #: Largest allowed difference per test metric: ``verify_record``'s default, the same check.
@@ -56,9 +54,7 @@ def bundle_path(record_file: Path) -> Path:
 
 def bundle_files(record_file: Path) -> list[Path]:
     """The files of a record's bundle that exist: record, sidecar, pictures, embeddings."""
-    files = files_of(Path(record_file))
-    embeddings = bundle_path(record_file)
-    return files + ([embeddings] if embeddings.exists() else [])
+    return files_of(Path(record_file))
 
 
 def write_bundle(record_file: Path, home: Path | None = None, board: Path | None = None,

@@ -164,3 +164,22 @@ def test_the_tolerance_is_the_one_verify_uses():
     from embench.runner import verify_record
 
     assert TOLERANCE == inspect.signature(verify_record).parameters["tolerance"].default
+
+
+def test_publishing_a_submitted_record_carries_its_bundle(runs, tmp_path):
+    """`embench submit` beside the run's record, then `embench leaderboard`: the board verifies."""
+    home = tmp_path / "home"
+    shutil.copytree(runs["home"], home)
+    record = home / "results" / "lunarlander" / runs["pca"].name
+    submitted = CliRunner().invoke(main, ["submit", str(record), "--home", str(home)])
+    assert submitted.exit_code == 0, submitted.output
+    assert bundle_path(record).exists()
+    board = tmp_path / "board"
+    published = CliRunner().invoke(main, ["leaderboard", str(record.parent.parent), "--out",
+                                          str(board), "--no-html"])
+    assert published.exit_code == 0, published.output
+    assert bundle_path(board / "results" / "lunarlander" / record.name).exists()
+    result = _check(board)
+    rejected = [line for line in result.stderr.splitlines() if line.startswith("rejected:")]
+    assert rejected  # the other runs of that home have no bundle
+    assert not [line for line in rejected if runs["pca"].name in line], rejected
