@@ -1,7 +1,7 @@
 """Records in, one browsable page out: the board as a static, self-contained ``index.html``.
 
 The page shows what ``leaderboard/README.md`` shows, computed by the same code
-(:mod:`embench.leaderboard`: grouping, table rows, tie marks, the ✗ and ⏱ marks, the paired
+(:mod:`embench.leaderboard`: grouping, table rows, tie marks, the ✗ and ↻ marks, the paired
 comparisons, the baseline tests, Table VIII, how the runs were made), and adds what a page can:
 columns sorted by clicking their header, a filter by preset, device and precision, and, for
 every cell, its records seed by seed with their ``show`` picture, reconstruction grid, training

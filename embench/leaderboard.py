@@ -231,7 +231,7 @@ def render_table(group: Group, probe: str,
 
 
 #: Marks a cell one of whose encoders was still improving when its epoch cap stopped it.
-STILL_IMPROVING_MARK = "⏱"
+STILL_IMPROVING_MARK = "↻"
 STILL_IMPROVING_NOTE = ("Training was still improving when the epoch cap stopped it (in at "
                         "least one of the cell's seeds: the best validation loss fell by more "
                         "than 1% over the last patience window), so the figure understates "

@@ -558,6 +558,6 @@ def test_cells_still_improving_at_the_cap_are_marked_and_explained():
     text = render_markdown([capped, settled, older])
     row = next(line for line in text.splitlines() if line.startswith("| 64 |"))
     cells = dict(zip(["z", "AE", "P. AE", "P. VAE"], row.strip("|").split("|"), strict=False))
-    assert "⏱" in cells["P. VAE"] and "⏱" in cells["AE"] and "⏱" not in cells["P. AE"]
-    assert "⏱ Training was still improving when the epoch cap stopped it" in text
-    assert "⏱" not in render_markdown([settled])
+    assert "↻" in cells["P. VAE"] and "↻" in cells["AE"] and "↻" not in cells["P. AE"]
+    assert "↻ Training was still improving when the epoch cap stopped it" in text
+    assert "↻" not in render_markdown([settled])
