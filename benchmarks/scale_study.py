@@ -39,6 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BOARD = ROOT / "leaderboard"
 RESULTS = BOARD / "results" / "lunarlander"
+#: Records of earlier board versions, kept for the study's table (not on the board itself).
+ARCHIVE = BOARD / "archive"
 PLOT = BOARD / "scale_study.png"
 README = ROOT / "README.md"
 START, END = "<!-- scale-study:start -->", "<!-- scale-study:end -->"
@@ -53,7 +55,8 @@ LABELS = {"ae": "AE", "vae": "VAE", "p_ae": "P. AE", "p_vae": "P. VAE"}
 def seed0_records() -> dict[tuple[str, str], dict]:
     """The newest seed-0, z=64 LunarLander record of each (preset, encoder) on the board."""
     found: dict[tuple[str, str], dict] = {}
-    for path in sorted(RESULTS.glob("*-z64-seed0-*.json")):
+    archived = sorted(ARCHIVE.glob("*/lunarlander/*-z64-seed0-*.json"))
+    for path in [*archived, *sorted(RESULTS.glob("*-z64-seed0-*.json"))]:
         record = json.loads(path.read_text())
         key = (record["preset"], record["encoder"])
         if key[1] in ENCODERS and (key not in found or record["created"] > found[key]["created"]):
