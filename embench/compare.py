@@ -12,8 +12,9 @@ cluster bootstrap; sign flips per group); otherwise each item is its own group.
 
 The per-item value is the task's own ``score`` on that one item (LunarLander: the Euclidean
 error in pixels; classification: 1 for a correct prediction, 0 otherwise), so there is no
-second formula to drift from the task's; that their mean reproduces the record's test metric
-is checked for every record. The intervals reflect the sampling of test items for the trained
+second formula to drift from the task's (:func:`embench.protocols.item_scores`, which
+``embench show`` draws too); that their mean reproduces the record's test metric is checked
+for every record. The intervals reflect the sampling of test items for the trained
 encoders at hand, not the spread of training seeds: the per-seed rows show that.
 
 The statistics themselves are :mod:`embench.paired`; reading runs and resolving what the
@@ -43,6 +44,7 @@ from embench.errors import ConfigError, DataError, EmbenchError
 # tests import them.
 from embench.paired import PairedResult, paired_test  # noqa: F401 - re-exported
 from embench.paper import encoder_label
+from embench.protocols import item_scores
 from embench.registry import load_task
 from embench.results import Predictions
 from embench.sides import (  # noqa: F401 - re-exported
@@ -74,8 +76,9 @@ def _task(name: str) -> Any:
 def item_values(run: LoadedRun, probe: str = "mlp") -> np.ndarray:
     """The task's metric of each test item for one probe, in the sidecar's item order.
 
-    Each value is the task's ``score`` on that item alone, so their mean is the record's test
-    metric for every metric that is a mean over items (error in pixels, accuracy).
+    Each value is the task's ``score`` on that item alone (:func:`embench.protocols.item_scores`),
+    so their mean is the record's test metric for every metric that is a mean over items
+    (error in pixels, accuracy).
 
     Args:
         run: a record with its sidecar.
@@ -97,10 +100,7 @@ def item_values(run: LoadedRun, probe: str = "mlp") -> np.ndarray:
         raise DataError(f"{run.source} has no {probe!r} predictions (it has "
                         f"{', '.join(sorted(predictions.predicted))}).",
                         "Choose one of those with --probe.")
-    task = _task(record.task)
-    y_true, y_pred = predictions.y_true, predictions.predicted[probe]
-    values = np.array([task.score(y_true[i:i + 1], y_pred[i:i + 1])
-                       for i in range(len(y_true))], dtype=np.float64)
+    values = item_scores(_task(record.task), predictions.y_true, predictions.predicted[probe])
     stored = float(record.test[probe])
     if len(values) == 0 or not math.isclose(float(values.mean()), stored, rel_tol=_RTOL,
                                             abs_tol=1e-12):

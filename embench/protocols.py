@@ -4,8 +4,11 @@ Plugins do not subclass anything: any object with the required members works (``
 checks use the runtime-checkable protocols). :class:`Encoder` and :class:`Task` list only what
 every plugin must have; the optional hooks embench uses when present have their own protocols
 (:class:`Checkpointable`, :class:`Configurable`, :class:`ReportsTraining`,
-:class:`HasEvaluationConfig`, :class:`RetrainsDecoder`). ``embench.testing`` runs the
-conformance battery.
+:class:`HasEvaluationConfig`, :class:`RetrainsDecoder`), and so does a task's optional
+metadata (:class:`HasClassNames`, :class:`PositionLabels`), read through
+:func:`class_names_of` and :func:`label_pixels`. :func:`item_scores`, the task's metric item by
+item, is the one per-item formula that ``show`` and ``compare`` use. ``embench.testing`` runs
+the conformance battery.
 """
 
 from __future__ import annotations
@@ -156,7 +159,9 @@ class Task(Protocol):
     split of :data:`SPLITS`. Optional: ``name`` and ``image_size`` (side of the square images),
     checked by ``embench.testing`` when present; ``PRESET_SIZES`` (per preset name, the task's
     own sizes, read in ``load`` with :func:`embench.presets.task_sizes`) and ``Z_SIZES`` (per
-    preset name, the z grid; ``(64,)`` where absent).
+    preset name, the z grid; ``(64,)`` where absent); the metadata of :class:`HasClassNames`
+    and :class:`PositionLabels`. ``score`` must be a mean over items for ``compare`` and
+    ``show`` (:func:`item_scores`).
     """
 
     kind: TaskKind
@@ -166,6 +171,94 @@ class Task(Protocol):
     def load(self, home: Path, preset: Any, seed: int, progress: Any = None) -> TaskData: ...
 
     def score(self, y_true: np.ndarray, y_pred: np.ndarray) -> float: ...
+
+
+
+@runtime_checkable
+class HasClassNames(Protocol):
+    """Optional: a classification task's class names, ``class_names[i]`` naming label ``i``.
+
+    ``embench show`` writes them in its captions and under its per-class bars; a task without
+    them (or with ``class_names = None``) has its labels shown as numbers.
+    """
+
+    class_names: tuple[str, ...]
+
+
+@runtime_checkable
+class PositionLabels(Protocol):
+    """Optional: a regression task whose labels ``(x, y)`` are positions in its frames.
+
+    ``pixels_per_unit`` is one label unit in frame pixels, on both axes; ``label_origin`` is
+    the ``(column, row)`` of the label ``(0, 0)``, measured from the frame's top-left corner
+    (pixel ``i`` spans ``[i, i + 1)``). ``x`` grows to the right and ``y`` upwards, rows
+    downwards (:func:`label_pixels`). ``embench show`` draws the true and predicted positions
+    on the frame from them; a task without them gets no markers, only the error.
+    """
+
+    pixels_per_unit: float
+    label_origin: tuple[float, float]
+
+
+def class_names_of(task: Any) -> tuple[str, ...] | None:
+    """A task's class names (:class:`HasClassNames`), or ``None`` where it declares none.
+
+    Example:
+        >>> class Digits: class_names = [str(d) for d in range(10)]
+        >>> class_names_of(Digits())[:3]
+        ('0', '1', '2')
+    """
+    names = getattr(task, "class_names", None)
+    return None if names is None else tuple(str(name) for name in names)
+
+
+def has_position_labels(task: Any) -> bool:
+    """Whether a task declares the label geometry of :class:`PositionLabels` (both attributes)."""
+    return (getattr(task, "pixels_per_unit", None) is not None
+            and getattr(task, "label_origin", None) is not None)
+
+
+def label_pixels(task: Any, labels: np.ndarray) -> np.ndarray | None:
+    """Labels ``(N, 2)`` -> ``(N, 2)`` ``(column, row)`` in the frame (:class:`PositionLabels`).
+
+    ``column = origin_column + pixels_per_unit * x`` and ``row = origin_row -
+    pixels_per_unit * y``; ``None`` for a task that does not declare both attributes.
+
+    Example:
+        >>> class Board: pixels_per_unit, label_origin = 10.0, (32.0, 32.0)
+        >>> label_pixels(Board(), np.array([[1.0, 1.0]])).tolist()
+        [[42.0, 22.0]]
+    """
+    if not has_position_labels(task):
+        return None
+    scale, origin = task.pixels_per_unit, task.label_origin
+    labels = np.asarray(labels, dtype=np.float64)
+    return np.stack([origin[0] + scale * labels[:, 0], origin[1] - scale * labels[:, 1]], axis=1)
+
+
+def item_scores(task: Any, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """The task's metric of each item alone: ``task.score`` on one item at a time.
+
+    This is the only per-item formula: ``compare``'s paired values and ``show``'s per-item
+    errors are these, so they cannot drift from the task's metric. Their mean is the task's
+    score wherever the metric is a mean over items (an error in pixels, an accuracy).
+
+    Args:
+        task: the task (anything with :class:`Task`'s ``score``).
+        y_true: ``(N, ...)`` true labels.
+        y_pred: ``(N, ...)`` predictions.
+
+    Returns:
+        ``(N,)`` float64 values (``(0,)`` for no items).
+
+    Example:
+        >>> class Accuracy:
+        ...     def score(self, y_true, y_pred): return float(np.mean(y_true == y_pred))
+        >>> item_scores(Accuracy(), np.array([1, 2, 3]), np.array([1, 0, 3])).tolist()
+        [1.0, 0.0, 1.0]
+    """
+    return np.array([task.score(y_true[i:i + 1], y_pred[i:i + 1]) for i in range(len(y_true))],
+                    dtype=np.float64)
 
 
 def missing_members(obj: Any, protocol: type) -> list[str]:

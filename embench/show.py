@@ -4,10 +4,12 @@ One PNG per record, ``<record stem>.show.png`` beside it (the board copies it wi
 
 * a title line (encoder, z, seed, task, preset, probe, its test metric) and a legend line;
 * a grid of test frames, :data:`COLUMNS` per row, upscaled (nearest) so markers are legible:
-  first the items the probe got most wrong, then a seeded random sample of the others. On a
-  LunarLander frame the true lander position is a green circle, the predicted one a red cross,
+  first the items the probe got most wrong, then a seeded random sample of the others. Where
+  the task's labels are positions in its frames (LunarLander; the task's ``pixels_per_unit``
+  and ``label_origin``) the true position is a green circle, the predicted one a red cross,
   joined by a yellow line, with the error in pixels as the caption; on a classification frame
-  the caption is ``true -> predicted``, green when right, red when wrong;
+  the caption is ``true -> predicted`` (the task's ``class_names`` where it has them), green
+  when right, red when wrong;
 * below, the distribution of the per-item errors: a histogram of the distance (regression) or
   the accuracy of each class (classification), with the mean marked (it is the record's test
   metric).
@@ -16,10 +18,15 @@ The size is fixed by :func:`picture_size` (``figure inches x`` :data:`DPI`), 160
 with the default eight worst and eight random items. :func:`draw_show` draws from arrays held in
 memory (the runner calls it as a run ends); :func:`show_record` loads a record, its predictions
 sidecar and its test data (checked against the record's data fingerprint) and draws it.
+
+Everything task-specific comes from the task (:mod:`embench.protocols`): the per-item errors
+are :func:`~embench.protocols.item_scores` (the task's ``score`` on each item, as ``compare``
+takes them), and the class names and label geometry are the task's declared metadata.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +37,8 @@ import numpy as np
 
 from embench.errors import ConfigError, DataError
 from embench.presets import Preset, get_preset
-from embench.registry import accepts_keyword, get_plugin
+from embench.protocols import class_names_of, has_position_labels, item_scores, label_pixels
+from embench.registry import accepts_keyword, get_plugin, load_task
 from embench.results import Predictions, RunRecord, load_record, read_predictions, sidecar_path
 from embench.storage import atomic_path, resolve_home
 from embench.taskdata import prepare_task
@@ -53,48 +61,11 @@ LINE_COLOUR = "#ffd400"
 RIGHT_COLOUR = "#008a00"
 WRONG_COLOUR = "#d00000"
 
-#: Class names of the built-in classification tasks (a task's ``class_names`` wins).
-CLASS_NAMES: dict[str, tuple[str, ...]] = {
-    # STL-10's class_names.txt, in the order of the labels 1..10 (embench's 0..9)
-    "stl10": ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship",
-              "truck"),
-    "svhn": tuple(str(digit) for digit in range(10)),
-}
-
-
-def _lunarlander_pixels(positions: np.ndarray) -> np.ndarray:
-    """Lander ``(x, y)`` in normalised units -> ``(column, row)`` in the 64x64 frame.
-
-    gymnasium's observation is ``x = (px - 300) / 300`` and ``y = (py - (100 + 18)) / 200`` in
-    the 600x400 screen with ``py`` upwards (helipad at H/4, legs 18 px down); the frame is
-    that screen flipped to rows downwards and shrunk 64/600 x 64/400. So one unit is 32 px
-    on both axes, ``column = 32 + 32 x`` and ``row = 64 * 282/400 - 32 y = 45.12 - 32 y``,
-    both measured from the frame's top-left corner (pixel ``i`` spans ``[i, i + 1)``); the
-    centroid of the lander's body pixels lands within about 0.2 px of it.
-    """
-    positions = np.asarray(positions, dtype=np.float64)
-    return np.stack([32.0 + 32.0 * positions[:, 0], 45.12 - 32.0 * positions[:, 1]], axis=1)
-
-
-@dataclass(frozen=True)
-class PositionLabels:
-    """How a regression task's labels are positions in its frames.
-
-    Attributes:
-        to_pixels: ``(N, 2)`` labels -> ``(N, 2)`` ``(column, row)`` in frame pixels.
-        pixels_per_unit: the error of one label unit, in pixels (the metric's scale).
-        unit: the error's unit in captions.
-    """
-
-    to_pixels: Callable[[np.ndarray], np.ndarray]
-    pixels_per_unit: float
-    unit: str = "px"
-
-
-#: Regression tasks whose labels are positions drawn on the frame.
-POSITION_LABELS: dict[str, PositionLabels] = {
-    "lunarlander": PositionLabels(_lunarlander_pixels, 32.0),
-}
+#: Labels ``(N, 2)`` -> ``(N, 2)`` ``(column, row)`` in the frame (:func:`label_pixels`).
+ToPixels = Callable[[np.ndarray], np.ndarray]
+#: The unit of the errors drawn over frames whose labels are positions (the task's metric is
+#: then a distance in frame pixels).
+POSITION_UNIT = "px"
 
 
 @dataclass(frozen=True)
@@ -105,7 +76,8 @@ class Tile:
         row: its row in the predictions sidecar.
         item: its index in the task's test split.
         section: ``"worst"`` or ``"random"``.
-        error: its error (pixels for LunarLander, 0 or 1 for classification).
+        error: its error (:func:`per_item_errors`: pixels for LunarLander, 0 or 1 for
+            classification).
         box: where its frame lies in the PNG, ``(left, top, right, bottom)`` in pixels from
             the top-left corner; frame pixel ``(column c, row r)`` of an ``S``-pixel frame
             covers ``left + c * (right - left) / S`` onwards.
@@ -168,27 +140,15 @@ def _figure_inches(n_worst: int, n_random: int) -> tuple[float, float]:
             HEADER_INCHES + rows * ROW_INCHES + HISTOGRAM_INCHES)
 
 
-def class_names_of(task: Any) -> tuple[str, ...] | None:
-    """A task's class names: its own ``class_names``, else the built-ins', else ``None``."""
-    names = getattr(task, "class_names", None)
-    if names is not None:
-        return tuple(str(name) for name in names)
-    return CLASS_NAMES.get(str(getattr(task, "name", task)))
+def per_item_errors(task: Any, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Each item's error, larger is worse: the task's per-item metric, flipped where higher wins.
 
-
-def per_item_errors(kind: str, task: str, y_true: np.ndarray,
-                    y_pred: np.ndarray) -> np.ndarray:
-    """Each item's error: the distance (in pixels where the labels are positions) or 0/1.
-
-    Their mean is the task's metric for LunarLander (error_px) and 1 - accuracy for
-    classification.
+    The values are :func:`embench.protocols.item_scores` (what ``compare`` pairs): kept where
+    lower is better (LunarLander's error in pixels), ``1 - value`` where higher is better (0
+    for a right class, 1 for a wrong one). Their mean is the task's metric, or 1 minus it.
     """
-    if kind == "classification":
-        return (np.asarray(y_pred).reshape(-1) != np.asarray(y_true).reshape(-1)).astype(float)
-    true = np.asarray(y_true, dtype=np.float64).reshape(len(y_true), -1)
-    pred = np.asarray(y_pred, dtype=np.float64).reshape(len(y_pred), -1)
-    scale = POSITION_LABELS[task].pixels_per_unit if task in POSITION_LABELS else 1.0
-    return scale * np.linalg.norm(pred - true, axis=1)
+    values = item_scores(task, y_true, y_pred)
+    return values if task.metric_direction == "lower" else 1.0 - values
 
 
 def select_items(errors: np.ndarray, n_worst: int = 8, n_random: int = 8, seed: int = 0,
@@ -239,7 +199,7 @@ def _read_frames(images: Any, indices: np.ndarray) -> np.ndarray:
 def draw_show(
     record: RunRecord, images: Any, predictions: Predictions, out_path: str | Path, *,
     probe: str = "mlp", n_worst: int = 8, n_random: int = 8, seed: int = 0,
-    class_names: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None, task: Any = None,
 ) -> ShowPicture:
     """Draw a probe's test predictions over the test frames (see the module docstring).
 
@@ -253,13 +213,16 @@ def draw_show(
         n_worst: how many of the worst items open the grid.
         n_random: how many other items, drawn with ``seed``, follow.
         seed: seed of the random sample.
-        class_names: names of the classes 0..C-1 (default: :func:`class_names_of` the task).
+        class_names: names of the classes 0..C-1 (default: the task's ``class_names``).
+        task: the record's task, whose ``score`` gives the per-item errors and whose metadata
+            the names and the positions (default: the registered task named ``record.task``).
 
     Returns:
         The picture's path, size, tiles and mean error.
 
     Raises:
         ConfigError: ``probe`` is not in the sidecar.
+        UnknownNameError: no ``task`` was given and no task plugin has the record's name.
 
     Example:
         >>> draw_show(record, data.splits["test"].images, read_predictions(sidecar),
@@ -274,13 +237,17 @@ def draw_show(
     out_path = Path(out_path)
     kind = record.task_kind or ("classification" if np.issubdtype(
         np.asarray(predictions.y_true).dtype, np.integer) else "regression")
+    if task is None:
+        task = load_task(record.task)
     y_true, y_pred = predictions.y_true, predictions.predicted[probe]
-    errors = per_item_errors(kind, record.task, y_true, y_pred)
+    errors = per_item_errors(task, y_true, y_pred)
     worst, chosen = select_items(errors, n_worst, n_random, seed, groups=predictions.groups)
     rows = np.concatenate([worst, chosen])
     frames = _read_frames(images, np.asarray(predictions.items)[rows])
-    names = tuple(class_names) if class_names is not None else class_names_of(record.task)
-    positions = POSITION_LABELS.get(record.task) if kind == "regression" else None
+    names = tuple(class_names) if class_names is not None else class_names_of(task)
+    # labels -> (column, row) in the frame, where the task's labels are positions in it
+    positions = (functools.partial(label_pixels, task)
+                 if kind == "regression" and has_position_labels(task) else None)
 
     width_in, height_in = _figure_inches(n_worst, n_random)
     fig = Figure(figsize=(width_in, height_in), dpi=DPI)
@@ -332,7 +299,7 @@ def draw_show(
 
 
 def _draw_header(fig: Any, record: RunRecord, probe: str, kind: str,
-                 positions: PositionLabels | None, height_in: float) -> None:
+                 positions: ToPixels | None, height_in: float) -> None:
     """The title line and the legend line."""
     metric = record.metric.get("name", "metric")
     value = record.test.get(probe)
@@ -345,15 +312,15 @@ def _draw_header(fig: Any, record: RunRecord, probe: str, kind: str,
         legend = "caption: #item  true \u2192 predicted (green: right, red: wrong)"
     elif positions is not None:
         legend = (f"green \u25cb true position, red \u00d7 predicted, caption: #item and the "
-                  f"error in {positions.unit}")
+                  f"error in {POSITION_UNIT}")
     else:
-        legend = "caption: #item and the error (distance in label units)"
+        legend = f"caption: #item and its {metric} (the task's metric on the item alone)"
     fig.text(0.5, 1 - 0.45 / height_in, legend, ha="center", va="center", fontsize=10)
 
 
 def _draw_tile(ax: Any, frame: np.ndarray, item: int, y_true: Any, y_pred: Any, error: float,
                kind: str, names: Sequence[str] | None,
-               positions: PositionLabels | None) -> None:
+               positions: ToPixels | None) -> None:
     """One frame, nearest-upscaled, with its markers and caption."""
     h, w = frame.shape[:2]
     ax.imshow(frame, interpolation="nearest", extent=(0, w, h, 0), aspect="auto")
@@ -369,11 +336,10 @@ def _draw_tile(ax: Any, frame: np.ndarray, item: int, y_true: Any, y_pred: Any, 
             spine.set_edgecolor(colour)
             spine.set_linewidth(2)
     else:
-        unit = positions.unit if positions is not None else ""
+        unit = POSITION_UNIT if positions is not None else ""
         caption, colour = f"#{item}  {error:.1f} {unit}".rstrip(), "black"
         if positions is not None:
-            (tc, tr), (pc, pr) = positions.to_pixels(np.stack([np.asarray(y_true),
-                                                               np.asarray(y_pred)]))
+            (tc, tr), (pc, pr) = positions(np.stack([np.asarray(y_true), np.asarray(y_pred)]))
             # the line under the markers, the cross on top: its centre is the prediction
             ax.plot([tc, pc], [tr, pr], color=LINE_COLOUR, linewidth=1, zorder=2)
             ax.plot([tc], [tr], marker="o", markersize=11, markerfacecolor="none",
@@ -392,7 +358,7 @@ def _class_name(label: Any, names: Sequence[str] | None) -> str:
 
 
 def _draw_distribution(ax: Any, kind: str, errors: np.ndarray, y_true: np.ndarray,
-                       names: Sequence[str] | None, positions: PositionLabels | None) -> None:
+                       names: Sequence[str] | None, positions: ToPixels | None) -> None:
     """Regression: histogram of the errors; classification: accuracy per class. Mean marked."""
     n = len(errors)
     mean = float(errors.mean()) if n else math.nan
@@ -409,7 +375,7 @@ def _draw_distribution(ax: Any, kind: str, errors: np.ndarray, y_true: np.ndarra
         ax.set_ylabel("accuracy of the class")
         title = f"accuracy per class; dashed: all {n} test items, {1.0 - mean:.3f}"
     else:
-        unit = positions.unit if positions is not None else "label units"
+        unit = POSITION_UNIT if positions is not None else "the task's metric"
         ax.hist(errors, bins=min(40, max(5, n // 5)), color="#4c72b0")
         ax.axvline(mean, color=WRONG_COLOUR, linestyle="--")
         ax.set_xlabel(f"error per test item ({unit})")
@@ -495,5 +461,5 @@ def show_record(
         raise DataError(f"Predictions sidecar {sidecar} indexes item "
                         f"{int(np.max(predictions.items))} of a test split of {len(test)}.")
     target = Path(out) if out is not None else show_path(record_path)
-    return draw_show(record, test.images, predictions, target, probe=probe,
-                     class_names=class_names_of(task), **draw_options)
+    return draw_show(record, test.images, predictions, target, probe=probe, task=task,
+                     **draw_options)

@@ -12,7 +12,10 @@ is checked only when the plugin has it. Beyond the contract, the encoder checks 
 embench's content-keyed caches rely on: the same config (seed included) gives the same
 fingerprint and embeddings, ``encode`` does not depend on how the images are batched (within
 :data:`ENCODE_RTOL` / :data:`ENCODE_ATOL`) and leaves its input unchanged, and an encoder used
-before ``fit`` either fails clearly or was not trainable in the first place.
+before ``fit`` either fails clearly or was not trainable in the first place. The task checks
+cover the optional metadata when a task declares it (``class_names``, ``pixels_per_unit`` and
+``label_origin``) and what ``compare`` and ``show`` rely on: the per-item metric
+(:func:`embench.protocols.item_scores`) averages to ``score``.
 
 Example:
     >>> from embench.testing import check_encoder, parametrize_with_checks
@@ -47,6 +50,7 @@ from embench.protocols import (
     RetrainsDecoder,
     Task,
     TaskData,
+    item_scores,
     missing_members,
 )
 from embench.registry import accepts_keyword
@@ -441,7 +445,12 @@ def check_task_members(subject: _TaskUnderTest) -> None:
 
 
 def check_task_metadata(subject: _TaskUnderTest) -> None:
-    """``kind``, ``metric_direction``, ``metric_name``; ``name`` and ``image_size`` when present."""
+    """``kind``, ``metric_direction``, ``metric_name``; the optional metadata when present.
+
+    Optional: ``name``, ``image_size``, ``class_names`` (distinct non-empty strings, on a
+    classification task), ``pixels_per_unit`` with ``label_origin`` (a positive scale and a
+    ``(column, row)`` pair, both finite, on a regression task).
+    """
     task, label = subject.task, subject.label
     assert task.kind in {"regression", "classification"}, (
         f"task {label}: kind must be 'regression' or 'classification', got {task.kind!r}")
@@ -457,18 +466,61 @@ def check_task_metadata(subject: _TaskUnderTest) -> None:
     if size is not None:
         assert isinstance(size, int) and not isinstance(size, bool) and size > 0, (
             f"task {label}: image_size must be a positive int, got {size!r}")
+    _check_class_names(task, label)
+    _check_label_geometry(task, label)
+
+
+def _check_class_names(task: Any, label: str) -> None:
+    """``class_names``, when present: distinct non-empty strings naming a classifier's labels."""
+    names = getattr(task, "class_names", None)
+    if names is None:
+        return
+    assert task.kind == "classification", (
+        f"task {label}: class_names is for classification tasks, but kind is {task.kind!r}")
+    assert isinstance(names, tuple | list) and names, (
+        f"task {label}: class_names must be a non-empty tuple of strings, got {names!r}")
+    assert all(isinstance(name, str) and name for name in names), (
+        f"task {label}: class_names must be non-empty strings, got {names!r}")
+    assert len(set(names)) == len(names), (
+        f"task {label}: class_names must be distinct, got {names!r}")
+
+
+def _check_label_geometry(task: Any, label: str) -> None:
+    """``pixels_per_unit`` and ``label_origin``, when present: together, finite, positive scale."""
+    scale = getattr(task, "pixels_per_unit", None)
+    origin = getattr(task, "label_origin", None)
+    if scale is None and origin is None:
+        return
+    assert scale is not None and origin is not None, (
+        f"task {label}: pixels_per_unit and label_origin go together (embench.protocols."
+        f"PositionLabels), got {scale!r} and {origin!r}")
+    assert task.kind == "regression", (
+        f"task {label}: label positions are for regression tasks, but kind is {task.kind!r}")
+    assert (isinstance(scale, int | float) and not isinstance(scale, bool)
+            and math.isfinite(scale) and scale > 0), (
+        f"task {label}: pixels_per_unit must be a positive finite number, got {scale!r}")
+    assert (isinstance(origin, tuple | list) and len(origin) == 2
+            and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                    for v in origin)), (
+        f"task {label}: label_origin must be a finite (column, row) pair, got {origin!r}")
+
+
+def _labels_and_worse(subject: _TaskUnderTest) -> tuple[np.ndarray, np.ndarray]:
+    """Six labels of the task's kind, and predictions that are wrong on some of them."""
+    task, data = subject.task, subject.data()
+    if task.kind == "classification":
+        y = np.array([0, 1, 2, 1, 0, 2])
+        return y, np.roll(y, 1)
+    # regression targets are (N, k); the task's own labels say k
+    y = (np.asarray(data.splits[TEST].labels[:6], dtype=np.float32) if data is not None
+         else np.linspace(-1, 1, 12, dtype=np.float32).reshape(6, 2))
+    return y, y + np.float32(0.5)
 
 
 def check_perfect_prediction_scores_best(subject: _TaskUnderTest) -> None:
     """``score`` gives finite floats, and a perfect prediction beats a wrong one."""
-    task, label, data = subject.task, subject.label, subject.data()
-    if task.kind == "classification":
-        y = np.array([0, 1, 2, 1, 0, 2])
-        worse = np.roll(y, 1)
-    else:  # regression targets are (N, k); the task's own labels say k
-        y = (np.asarray(data.splits[TEST].labels[:6], dtype=np.float32) if data is not None
-             else np.linspace(-1, 1, 12, dtype=np.float32).reshape(6, 2))
-        worse = y + np.float32(0.5)
+    task, label = subject.task, subject.label
+    y, worse = _labels_and_worse(subject)
     perfect, imperfect = task.score(y, y), task.score(y, worse)
     for value in (perfect, imperfect):
         assert isinstance(value, float | np.floating) and math.isfinite(value), (
@@ -477,6 +529,25 @@ def check_perfect_prediction_scores_best(subject: _TaskUnderTest) -> None:
     assert better, (f"task {label}: a perfect prediction must score best "
                     f"({task.metric_direction} is better), but scored {perfect} against "
                     f"{imperfect} for a wrong one")
+
+
+def check_item_scores_average_to_score(subject: _TaskUnderTest) -> None:
+    """The metric item by item (:func:`~embench.protocols.item_scores`) averages to ``score``.
+
+    ``compare`` pairs these per-item values and ``show`` draws them, so the task's metric must
+    be a mean over items.
+    """
+    task, label = subject.task, subject.label
+    y, predicted = _labels_and_worse(subject)
+    predicted = predicted.copy()
+    predicted[::2] = y[::2]  # some items right, some wrong
+    values = item_scores(task, y, predicted)
+    whole = float(task.score(y, predicted))
+    assert values.shape == (len(y),) and np.isclose(values.mean(), whole, rtol=1e-6,
+                                                    atol=1e-12), (
+        f"task {label}: score() on each item alone averages to {values.mean()!r}, but "
+        f"score() on all of them is {whole!r}; compare and show need a metric that is a mean "
+        "over items")
 
 
 def check_task_data_is_ready(subject: _TaskUnderTest) -> None:
@@ -493,6 +564,7 @@ TASK_CHECKS = (
     check_task_metadata,
     check_task_data_is_ready,
     check_perfect_prediction_scores_best,
+    check_item_scores_average_to_score,
 )
 
 
@@ -519,7 +591,8 @@ def check_task(task: Any, data: Any = None) -> None:
 
     Required (:class:`embench.protocols.Task`): ``kind``, ``metric_name``,
     ``metric_direction``, ``load`` and ``score``; a perfect prediction scores best in the
-    metric's direction. ``name`` and ``image_size`` are checked when present.
+    metric's direction, and ``score`` is a mean over items. ``name``, ``image_size``,
+    ``class_names``, ``pixels_per_unit`` and ``label_origin`` are checked when present.
 
     Args:
         task: the task object.

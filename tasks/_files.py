@@ -229,6 +229,8 @@ class OfficialFilesTask:
     tile: int = 1
     metric_name = "accuracy"
     metric_direction: Literal["higher"] = "higher"
+    #: Names of the classes 0..9 (embench.protocols.HasClassNames), shown by ``embench show``.
+    class_names: tuple[str, ...] | None = None
     #: Role -> official split the role's rows come from.
     sources: dict[str, str] = {}
     #: How the files sit in a directory, for messages.

@@ -70,6 +70,13 @@ ENV_ID = "LunarLander-v3"
 IMAGE_SIZE = 64
 #: One normalised unit of the observation is this many pixels in the 64x64 frame (both axes).
 PIXELS_PER_UNIT = 32.0
+#: The ``(column, row)`` of the position ``(0, 0)`` in the 64x64 frame, from its top-left corner.
+#: gymnasium's observation is ``x = (px - 300) / 300`` and ``y = (py - (100 + 18)) / 200`` in
+#: the 600x400 screen with ``py`` upwards (helipad at H/4, legs 18 px down); the frame is that
+#: screen flipped to rows downwards and shrunk 64/600 x 64/400, so ``column = 32 + 32 x`` and
+#: ``row = 64 * 282/400 - 32 y = 45.12 - 32 y`` (pixel ``i`` spans ``[i, i + 1)``); the
+#: centroid of the lander's body pixels lands within about 0.2 px of it.
+LABEL_ORIGIN = (32.0, 45.12)
 #: Inclusive bounds of an on-screen lander in normalised units (the "altered" filter).
 X_BOUNDS = (-1.0, 1.0)
 Y_BOUNDS = (-0.5, 1.5)
@@ -371,6 +378,10 @@ class LunarLanderTask:
     image_size = IMAGE_SIZE
     metric_name = "error_px"
     metric_direction: Literal["lower"] = "lower"
+    #: Labels are positions in the frame (embench.protocols.PositionLabels): ``embench show``
+    #: draws them at ``LABEL_ORIGIN + PIXELS_PER_UNIT * (x, -y)``.
+    pixels_per_unit = PIXELS_PER_UNIT
+    label_origin = LABEL_ORIGIN
     #: Rollouts and frames per rollout at each preset (Table I: 700 + 700 rollouts of 150).
     PRESET_SIZES = {
         "smoke": {"unaltered_rollouts": 4, "altered_rollouts": 6, "frames": 150},

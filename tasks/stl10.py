@@ -116,6 +116,9 @@ class STL10Task(OfficialFilesTask):
     sources = {"autoencoder": "unlabeled", "probe": "train", "test": "test"}
     layout = "stl10_binary/{train,test,unlabeled}_X.bin and {train,test}_y.bin"
     label_mapping = "official labels 1..10 -> 0..9"
+    #: STL-10's class_names.txt, in the order of the labels 1..10 (embench's 0..9).
+    class_names = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship",
+                   "truck")
 
     #: Images per split at each preset, the first N rows of each official split (None: all).
     PRESET_SIZES = {

@@ -113,6 +113,8 @@ class SVHNTask(OfficialFilesTask):
     sources = {"autoencoder": "extra", "probe": "train", "test": "test"}
     layout = "{train,test,extra}_32x32.mat"
     label_mapping = "official labels 1..10 -> digits 0..9 (10 is the digit 0)"
+    #: Label d is the digit d.
+    class_names = tuple(str(digit) for digit in range(10))
 
     #: Images per split at each preset, the first N rows of each official split (None: all).
     PRESET_SIZES = {

@@ -8,10 +8,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from embench.cli import main
+from embench.protocols import class_names_of, label_pixels
+from embench.registry import load_task
 from embench.results import Predictions, RunRecord, load_record, read_predictions
 from embench.show import (
     PREDICTED_COLOUR,
-    _lunarlander_pixels,
     draw_show,
     picture_size,
     show_path,
@@ -111,8 +112,8 @@ def test_markers_sit_on_the_true_and_predicted_positions(lunar, tmp_path):
         def at(col_row, box=(left, top), scale=scale):
             return int(box[0] + col_row[0] * scale), int(box[1] + col_row[1] * scale)
 
-        (tc, tr), (pc, pr) = _lunarlander_pixels(np.stack([y_true[tile.item],
-                                                           y_pred[tile.item]]))
+        (tc, tr), (pc, pr) = label_pixels(load_task("lunarlander"),
+                                          np.stack([y_true[tile.item], y_pred[tile.item]]))
         x, y = at((pc, pr))
         assert np.abs(pixels[y, x] - red).max() < 40, pixels[y, x]
         x, y = at((tc, tr))  # a ring centred on the true position
@@ -123,6 +124,49 @@ def test_markers_sit_on_the_true_and_predicted_positions(lunar, tmp_path):
         assert abs(rows.mean() - 12) < 2 and abs(cols.mean() - 12) < 2
         corner = at((2, 62))
         assert pixels[corner[1], corner[0]].max() < 30
+
+
+def test_the_builtin_tasks_declare_what_show_draws():
+    """Names and geometry come from the tasks, not from show.py."""
+    lunar = load_task("lunarlander")
+    assert label_pixels(lunar, np.array([[0.0, 0.0], [1.0, -0.5]])).tolist() == [
+        [32.0, 45.12], [64.0, 61.12]]  # 32 px per unit, y upwards
+    assert class_names_of(lunar) is None
+    assert class_names_of(load_task("stl10"))[:3] == ("airplane", "bird", "car")
+    assert class_names_of(load_task("svhn")) == tuple("0123456789")
+    assert label_pixels(load_task("stl10"), np.zeros((1, 2))) is None
+
+
+class _PlainRegression:
+    """A third-party task without show's optional metadata; its metric is the L1 error."""
+
+    kind, metric_name, metric_direction = "regression", "l1", "lower"
+
+    def load(self, home, preset, seed, progress=None): ...
+
+    def score(self, y_true, y_pred):
+        return float(np.abs(np.asarray(y_pred) - np.asarray(y_true)).sum(axis=1).mean())
+
+
+def test_a_task_without_metadata_is_drawn_with_its_own_metric_and_no_markers(lunar, tmp_path):
+    _, record_file = lunar
+    record = dataclasses.replace(load_record(record_file), task="plain")
+    n = 10
+    y_true = np.zeros((n, 2), np.float32)
+    y_pred = y_true.copy()
+    y_pred[4] = (0.5, -0.25)
+    predictions = Predictions(items=np.arange(n), y_true=y_true, predicted={"mlp": y_pred},
+                              data_fingerprint=record.fingerprints["data"])
+    shown = draw_show(record, np.zeros((n, 3, 64, 64), np.uint8), predictions,
+                      tmp_path / "plain.png", n_worst=2, n_random=3, task=_PlainRegression())
+    assert shown.tiles[0].item == 4 and shown.tiles[0].error == pytest.approx(0.75)
+    assert shown.mean_error == pytest.approx(0.075)
+    pixels = _rgb(shown.path)
+    red = np.array([int(PREDICTED_COLOUR[i:i + 2], 16) for i in (1, 3, 5)])
+    for tile in shown.tiles:  # no markers: the frames stay black
+        left, top, right, bottom = (int(v) for v in tile.box)
+        frame = pixels[top + 3:bottom - 3, left + 3:right - 3]
+        assert np.abs(frame - red).max(axis=-1).min() > 60 and frame.max() < 30
 
 
 def test_a_classification_record_shows_class_names_and_is_refused_on_other_data(

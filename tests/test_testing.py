@@ -242,6 +242,60 @@ def test_task_whose_metric_points_the_wrong_way_is_refused():
         check_task(Backwards())
 
 
+class NamedClasses(MinimalTask):
+    class_names = ("cat", "dog", "bird")
+
+
+class Positions:
+    kind, metric_name, metric_direction = "regression", "error_px", "lower"
+    pixels_per_unit, label_origin = 10.0, (32.0, 32.0)
+
+    def load(self, home, preset, seed, progress=None): ...
+
+    def score(self, y_true, y_pred):
+        return float(10.0 * np.linalg.norm(np.asarray(y_pred) - y_true, axis=1).mean())
+
+
+def test_tasks_with_the_optional_metadata_pass():
+    check_task(NamedClasses())
+    check_task(Positions())
+
+
+@pytest.mark.parametrize(("changes", "match"), [
+    ({"class_names": ("cat", "cat")}, "class_names must be distinct"),
+    ({"class_names": ("cat", "")}, "class_names must be non-empty strings"),
+    ({"class_names": "cat"}, "class_names must be a non-empty tuple"),
+    ({"kind": "regression", "class_names": ("a", "b")}, "class_names is for classification"),
+])
+def test_bad_class_names_are_refused_by_name(changes, match):
+    task = type("Odd", (NamedClasses,), changes)()
+    with pytest.raises(AssertionError, match=f"check_task_metadata.*task Odd: {match}"):
+        check_task(task)
+
+
+@pytest.mark.parametrize(("changes", "match"), [
+    ({"label_origin": None}, "pixels_per_unit and label_origin go together"),
+    ({"pixels_per_unit": -1.0}, "pixels_per_unit must be a positive finite number"),
+    ({"pixels_per_unit": float("nan")}, "pixels_per_unit must be a positive finite number"),
+    ({"label_origin": (1.0,)}, "label_origin must be a finite .column, row. pair"),
+    ({"kind": "classification"}, "label positions are for regression tasks"),
+])
+def test_bad_label_geometry_is_refused_by_name(changes, match):
+    task = type("Odd", (Positions,), changes)()
+    with pytest.raises(AssertionError, match=f"check_task_metadata.*task Odd: {match}"):
+        check_task(task)
+
+
+def test_a_metric_that_is_not_a_mean_over_items_is_refused():
+    class WorstItem(Positions):
+        def score(self, y_true, y_pred):  # the largest error, not a mean over items
+            return float(np.linalg.norm(np.asarray(y_pred) - y_true, axis=1).max())
+
+    with pytest.raises(AssertionError, match="check_item_scores_average_to_score.*task "
+                                             "WorstItem: score.. on each item alone"):
+        check_task(WorstItem())
+
+
 def test_task_lacking_members_is_refused_by_name():
     class NoScore:
         kind = "regression"
