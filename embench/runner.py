@@ -492,13 +492,14 @@ def protocol_fields(task_name: str, task: Any, data: TaskData, preset: Preset) -
 
 
 def write_run_outputs(home: Path, record: RunRecord, scores: ProbeScores, data: TaskData,
-                      grid_file: str | None) -> Path:
+                      grid_file: str | None, task: Any = None) -> Path:
     """Write the grid, the predictions sidecar and the show picture, then the record.
 
     All lie beside the record, which is written last: its presence means the run finished,
     sidecar included. The show picture (:mod:`embench.show`: the selected MLP's predictions
     over test frames) is a convenience: when it cannot be drawn, a warning says why and the
-    run is kept without it.
+    run is kept without it. ``task`` is the run's task object (its labels' geometry and class
+    names); without it the picture loads the registered task the record names.
     """
     import warnings
 
@@ -518,7 +519,8 @@ def write_run_outputs(home: Path, record: RunRecord, scores: ProbeScores, data: 
     sidecar = write_predictions(sidecar_path(out), predictions)
     record.predictions = sidecar.name
     try:
-        picture = show.draw_show(record, test.images, predictions, show.show_path(out))
+        picture = show.draw_show(record, test.images, predictions, show.show_path(out),
+                                 task=task)
         record.pictures = {**(record.pictures or {}), "show": picture.path.name}
     except Exception as exc:  # a picture never costs a finished run
         warnings.warn(f"The show picture {show.show_path(out).name} was not drawn "
@@ -652,7 +654,7 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         reconstruction=reconstruction,
     )
-    out = write_run_outputs(home, record, scores, data, grid_file)
+    out = write_run_outputs(home, record, scores, data, grid_file, task=task)
     return RunOutcome(record, out, checkpoint_hit, cache_hit)
 
 
