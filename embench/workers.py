@@ -168,6 +168,11 @@ class WorkerPool(ProcessPoolExecutor):
     def died(self) -> WorkerDiedError:
         """The error that says which worker died and why (for a ``BrokenProcessPool``)."""
         codes = self._exit_codes()
+        for _ in range(20):  # the executor's own thread may still be reaping the dead worker
+            if codes:
+                break
+            time.sleep(0.1)
+            codes = self._exit_codes()
         # the executor terminates (SIGTERM) the others once one died: that one is the news
         code = next((c for c in codes if c != -signal.SIGTERM), codes[0] if codes else None)
         return WorkerDiedError(
