@@ -152,6 +152,12 @@ class WorkerPool(ProcessPoolExecutor):
             return super().submit(fn, *args, **kwargs)
         except BrokenProcessPool:
             raise self.died() from None
+        except OSError:
+            # A worker died while this submit woke the executor's thread: CPython may already
+            # have closed its wake-up pipe ("handle is closed") after marking the pool broken.
+            if getattr(self, "_broken", False):
+                raise self.died() from None
+            raise
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
             timeout: float | None = None, chunksize: int = 1) -> Iterator[Any]:
@@ -168,18 +174,35 @@ class WorkerPool(ProcessPoolExecutor):
     def died(self) -> WorkerDiedError:
         """The error that says which worker died and why (for a ``BrokenProcessPool``)."""
         codes = self._exit_codes()
-        for _ in range(20):  # the executor's own thread may still be reaping the dead worker
-            if codes:
-                break
+        # The executor's own thread may still be reaping the dead worker while the others'
+        # SIGTERM codes are in: wait a moment for a code other than that.
+        deadline = time.monotonic() + 2.0
+        while (not any(c != -signal.SIGTERM for c in codes)
+               and time.monotonic() < deadline):
             time.sleep(0.1)
             codes = self._exit_codes()
         # the executor terminates (SIGTERM) the others once one died: that one is the news
         code = next((c for c in codes if c != -signal.SIGTERM), codes[0] if codes else None)
+        self._stop_survivors()
         return WorkerDiedError(
             f"A worker process of stage {self.stage!r} died: {_likely_cause(code)}.",
             "Run it again (finished work is kept); if it dies again, use fewer workers or "
             "free memory.")
 
+
+    def _stop_survivors(self) -> None:
+        """Kill the workers still alive in a broken pool: their results will not be read.
+
+        On Python 3.11 a worker blocked writing a large result (a rollout's frames) into a
+        pipe nobody reads any more is not terminated when another worker dies; the executor's
+        thread and the interpreter's exit then wait for it forever.
+        """
+        for process in self._context.started:
+            try:
+                if process.is_alive():
+                    process.kill()
+            except (ValueError, AssertionError):  # closed, or not a child of this process
+                continue
 
     def _exit_codes(self) -> list[int]:
         """Exit codes of the workers that ended (waiting a moment for those ending now)."""
