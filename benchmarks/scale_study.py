@@ -55,7 +55,7 @@ LABELS = {"ae": "AE", "vae": "VAE", "p_ae": "P. AE", "p_vae": "P. VAE"}
 def seed0_records() -> dict[tuple[str, str], dict]:
     """The newest seed-0, z=64 LunarLander record of each (preset, encoder) on the board."""
     found: dict[tuple[str, str], dict] = {}
-    archived = sorted(ARCHIVE.glob("*/lunarlander/*-z64-seed0-*.json"))
+    archived = sorted(ARCHIVE.glob("*/results/lunarlander/*-z64-seed0-*.json"))
     for path in [*archived, *sorted(RESULTS.glob("*-z64-seed0-*.json"))]:
         record = json.loads(path.read_text())
         key = (record["preset"], record["encoder"])

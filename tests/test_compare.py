@@ -33,6 +33,8 @@ from embench.storage import ARTIFACT_VERSION, CODE_VERSION, fingerprint
 from embench.tasks.lunarlander import LunarLanderTask
 
 BOARD = Path(__file__).parents[1] / "leaderboard" / "results" / "lunarlander"
+ARCHIVE = (Path(__file__).parents[1] / "leaderboard" / "archive" / "quick-0.4.0" / "results"
+           / "lunarlander")
 N_ROLLOUTS, FRAMES = 12, 10  # 120 test items in 12 groups
 
 
@@ -148,7 +150,7 @@ def test_per_item_values_average_to_the_record_metric(home):
 
 def test_per_item_values_reproduce_the_published_records():
     """The board's committed records (with sidecars since 0.3.0) are scored item by item."""
-    runs = [load_run(path) for path in sorted(BOARD.glob("*.json"))]
+    runs = [load_run(path) for path in sorted([*BOARD.glob("*.json"), *ARCHIVE.glob("*.json")])]
     with_predictions = [run for run in runs if run.predictions is not None]
     assert with_predictions, f"no committed records with predictions in {BOARD}"
     for run in with_predictions:
