@@ -425,11 +425,10 @@ def test_kept_weights_have_the_best_validation_loss(fitted, name):
     assert _validation_loss(encoder, VAL) == pytest.approx(encoder.best_val_loss_, rel=1e-5)
 
 
-def test_early_stopping_stops_and_restores_the_best_weights(monkeypatch):
-    """After epoch 1, validation is made to look worse; with patience 1 training stops at 2.
+def _worse_validation_after_epoch_1(monkeypatch):
+    """From epoch 2 on the loop sees validation 1.0 worse, with patience 1: it stops at 2.
 
-    The bump is added only to what the loop sees, so the restored weights (epoch 1's) must
-    reproduce ``best_val_loss_`` when their real validation loss is recomputed.
+    The bump is added only to what the loop sees, not to the weights' real loss.
     """
     import embench.encoders.autoencoder as autoencoder
 
@@ -445,6 +444,15 @@ def test_early_stopping_stops_and_restores_the_best_weights(monkeypatch):
 
     monkeypatch.setattr(autoencoder, "fit_module", fit_module)
     monkeypatch.setattr("embench.training.loop.patience_for", lambda epochs: 1)
+
+
+def test_early_stopping_stops_and_restores_the_best_weights(monkeypatch):
+    """After epoch 1, validation is made to look worse; with patience 1 training stops at 2.
+
+    The bump is added only to what the loop sees, so the restored weights (epoch 1's) must
+    reproduce ``best_val_loss_`` when their real validation loss is recomputed.
+    """
+    _worse_validation_after_epoch_1(monkeypatch)
     encoder = VAE(max_epochs=8, **SMALL).fit(TRAIN[:16], VAL)
     assert (encoder.n_epochs_, encoder.best_epoch_) == (2, 1)
     assert encoder.history_[1]["val_loss"] > 1.0
@@ -830,20 +838,7 @@ def test_training_stats_carry_the_convergence_verdict(fitted, monkeypatch):
     last = stats["history"][-1]
     assert stats["generalization_gap"] == pytest.approx(last["val_loss"] / last["train_loss"])
 
-    import embench.encoders.autoencoder as autoencoder
-
-    real_fit_module = autoencoder.fit_module
-    done = []
-
-    def fit_module(module, train_loss, val_loss, **kwargs):
-        def worse_after_epoch_1(batch):
-            return val_loss(batch) + (1.0 if done else 0.0)
-
-        kwargs["on_epoch_end"] = lambda state: done.append(state.epoch)
-        return real_fit_module(module, train_loss, worse_after_epoch_1, **kwargs)
-
-    monkeypatch.setattr(autoencoder, "fit_module", fit_module)
-    monkeypatch.setattr("embench.training.loop.patience_for", lambda epochs: 1)
+    _worse_validation_after_epoch_1(monkeypatch)
     early = AE(max_epochs=8, **SMALL).fit(TRAIN[:16], VAL).training_stats()
     assert (early["n_epochs"], early["stop_reason"], early["still_improving"]) == (
         2, "early_stopping", False)
