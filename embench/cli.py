@@ -658,8 +658,8 @@ def verify_command(record_path: Path, full: bool, tolerance: float | None,
     """Rerun RECORD's probe search from the cached embeddings and compare the metrics."""
     # deferred: see the note at the top
     from embench.results import load_record
-    from embench.runner import verify_record
     from embench.storage import CODE_VERSION
+    from embench.verify import verify_record
 
     record = load_record(record_path)
     tol = tolerance if tolerance is not None else (0.05 if full else 1e-6)

@@ -6,10 +6,8 @@ result record. Every stage whose output exists with the right fingerprint is ski
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as _dt
-import inspect
 import json
 import shutil
 import time
@@ -24,13 +22,10 @@ from embench import show
 from embench.cache import DEFAULT_BATCH as EMBED_BATCH
 from embench.cache import cache_path, embed_splits, embedding_key, read_cache, write_cache
 from embench.devices import check_precision, resolve_device, resolve_precision
-from embench.errors import ConfigError, DataError, EmbenchError, PluginError
+from embench.errors import ConfigError, EmbenchError, PluginError
 from embench.presets import (
-    PRESETS,
     Preset,
     get_preset,
-    preset_from_record,
-    registered,
     task_sizes,
     task_z_sizes,
 )
@@ -656,82 +651,3 @@ def run(config: RunConfig, progress: Any = None, log: Log = lambda message: None
     )
     out = write_run_outputs(home, record, scores, data, grid_file, task=task)
     return RunOutcome(record, out, checkpoint_hit, cache_hit)
-
-
-@dataclass
-class Verification:
-    """The outcome of :func:`verify_record`: stored vs recomputed test metrics."""
-
-    stored: dict[str, float]
-    recomputed: dict[str, float]
-    tolerance: float
-    mode: str
-
-    @property
-    def matches(self) -> bool:
-        """True when every metric agrees within the tolerance."""
-        return all(abs(self.stored[k] - self.recomputed[k]) <= self.tolerance
-                   for k in self.stored)
-
-
-def verify_record(
-    record: RunRecord, *, home: Path | None = None, full: bool = False,
-    tolerance: float = 1e-6, progress: Any = None, log: Log = lambda message: None,
-) -> Verification:
-    """Rerun a record's probe search from the cached embeddings (or, ``full``, the whole run).
-
-    The probe search is deterministic on CPU for a given seed, so the default tolerance is
-    tight; a full rerun in a fresh temporary home retrains the encoder too.
-
-    Raises:
-        DataError: the record's embedding cache is gone (rerun with ``full``).
-    """
-    import tempfile
-
-    stored = {k: float(v) for k, v in record.test.items()}
-    if full and str(record.encoder_spec).startswith("python:"):
-        raise ConfigError(
-            f"This record's encoder was a Python object ({record.encoder_spec}, e.g. from "
-            "embench.evaluate), which a full rerun cannot rebuild from the record.",
-            "Verify without --full (the probe search on its cached embeddings), or evaluate "
-            "the same object again: the same weights give the same record.")
-    if full:
-        packaged = record.encoder_distribution != "(not packaged)"
-        encoder = record.encoder if packaged else record.encoder_spec
-        factory = get_plugin("encoder", encoder).load()
-        # z, seed, device and precision come from the record's own fields; the training
-        # budget is passed as recorded, since a run may have set it apart from its preset
-        # (embench demo trains its autoencoders at batch 64)
-        hint_keys = {"z_dim", "seed", "device", "precision", "home"}
-        options = {k: v for k, v in {**record.encoder_config, **record.evaluation_config}.items()
-                   if k not in hint_keys and k in inspect.signature(factory).parameters}
-        # a preset with its own sizes (embench demo --rollouts) is rebuilt from the record
-        preset = preset_from_record(record.preset_config)
-        known = PRESETS.get(record.preset)
-        own = preset is not None and preset.name == record.preset and preset != known
-        with (registered(preset) if own else contextlib.nullcontext(),
-              tempfile.TemporaryDirectory(prefix="embench-verify-") as tmp):
-            outcome = run(RunConfig(
-                encoder=encoder, encoder_options=options, task=record.task,
-                preset=record.preset, z=record.z_dim, seed=record.seed,
-                data_seed=record.data_seed, device=record.device, precision=record.precision,
-                home=Path(tmp)), progress=progress, log=log)
-        return Verification(stored, {k: float(outcome.record.test[k]) for k in stored},
-                            tolerance, "full")
-    home = resolve_home(home)
-    key = record.fingerprints["embeddings"]
-    path = cache_path(home, record.encoder, record.task, key)
-    cached = read_cache(path, key, record.split_sizes)
-    if cached is None:
-        raise DataError(f"The embedding cache of this record ({path}) is not in {home}.",
-                        "Use --home with the run's home, or --full to rerun everything.")
-    task = load_task(record.task)
-    settings = record.probes.get("settings", {})
-    preset = record.preset_config
-    _, scores = probe_stage(
-        task, cached,
-        {"max_epochs": settings.get("max_epochs", preset.get("probe_epochs", 500)),
-         "batch_size": settings.get("batch_size", preset.get("batch_size", 512))},
-        record.seed, record.device, progress)
-    recomputed = {k: scores.test[k] for k in stored if k in scores.test}
-    return Verification({k: stored[k] for k in recomputed}, recomputed, tolerance, "probes")

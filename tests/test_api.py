@@ -89,7 +89,7 @@ def test_module_is_wrapped_its_record_reused_and_new_weights_rerun(home):
 
     # verify re-searches the probes on the cached embeddings; a full rerun cannot rebuild
     # an object from its record, and says so
-    from embench.runner import verify_record
+    from embench.verify import verify_record
 
     checked = verify_record(first, home=home)
     assert checked.recomputed == checked.stored

@@ -161,7 +161,7 @@ def test_submit_without_the_cached_embeddings_says_where_to_look(runs, tmp_path,
 
 
 def test_the_tolerance_is_the_one_verify_uses():
-    from embench.runner import verify_record
+    from embench.verify import verify_record
 
     assert TOLERANCE == inspect.signature(verify_record).parameters["tolerance"].default
 
