@@ -213,6 +213,10 @@ def plot(found: list[dict]) -> None:
             ax.plot(*zip(*base, strict=True), color="grey", linestyle=":",
                     label="trivial baseline")
         ax.set_xscale("log")
+        ticks = sorted({(r["frames"], r["scale"]) for r in found})
+        ax.set_xticks([frames for frames, _ in ticks])
+        ax.set_xticklabels([f"{frames:,}\n({scale})" for frames, scale in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("autoencoder training frames")
         ax.set_title(f"best {'MLP' if probe == 'mlp' else 'linear'} probe")
         ax.grid(True, alpha=0.3)
