@@ -113,10 +113,8 @@ def run_cell(scale: str, encoder: str, commit: bool, device: str) -> dict:
     record = seed0_records()[scale, encoder]
     # the record's submission bundle (its probe embeddings) beside it, so the board's
     # `embench leaderboard --check --verify` can rerun its probe search
-    board_file = next(RESULTS.glob(f"{encoder}-z64-seed0-{scale}-*.json"))
-    for path in sorted(RESULTS.glob(f"{encoder}-z64-seed0-{scale}-*.json")):
-        if json.loads(path.read_text())["created"] == record["created"]:
-            board_file = path
+    [board_file] = [path for path in RESULTS.glob(f"{encoder}-z64-seed0-{scale}-*.json")
+                    if json.loads(path.read_text())["created"] == record["created"]]
     subprocess.run([sys.executable, "-m", "embench", "submit", str(board_file)], cwd=BOARD,
                    check=True)
     wall = time.time() - start

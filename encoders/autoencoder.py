@@ -321,8 +321,29 @@ class FourLayerCVAEEncoder:
                     perceptual_net, {"train": train, "val": val}, device,
                     resolve_precision(self.precision, device), targets_path, files)
                 train_targets, val_targets = targets["train"], targets["val"]
-            result = self._fit_module(model, loss, optimizer, train, val, train_targets,
-                                      val_targets, device, progress, on_epoch_end, resume)
+
+            def targets_of(targets: _PerceptualTargets | None, batch: Any) -> Any:
+                return None if targets is None else targets.take(batch)
+
+            result = fit_module(
+                model,
+                lambda batch: loss(train.take(batch), self.variational,
+                                   targets_of(train_targets, batch)),
+                lambda batch: loss(val.take(batch), False, targets_of(val_targets, batch)),
+                n_train=n_train,
+                n_val=n_val,
+                optimizer=optimizer,
+                batch_size=self.batch_size,
+                max_epochs=self.max_epochs,
+                seed=self.seed,
+                device=device,
+                precision=self.precision,
+                generators={"noise": noise},
+                progress=progress,
+                description=f"train {self.name}",
+                on_epoch_end=on_epoch_end,
+                resume=resume,
+            )
         if resume_dir is not None:
             for name in (_STATE_TENSORS, _STATE_META):
                 (resume_dir / name).unlink(missing_ok=True)
@@ -342,33 +363,6 @@ class FourLayerCVAEEncoder:
         self.__dict__.pop("retrained_decoder_", None)
         self.__dict__.pop("decoder_retraining_", None)
         return self
-
-    def _fit_module(self, model, loss, optimizer, train, val, train_targets, val_targets,
-                    device, progress, on_epoch_end, resume):
-        """Run :func:`fit_module` on the two splits (and their perceptual targets, if any)."""
-
-        def batch_targets(targets: _PerceptualTargets | None, batch: Any) -> Any:
-            return None if targets is None else targets.take(batch)
-
-        return fit_module(
-            model,
-            lambda batch: loss(train.take(batch), self.variational,
-                               batch_targets(train_targets, batch)),
-            lambda batch: loss(val.take(batch), False, batch_targets(val_targets, batch)),
-            n_train=len(train),
-            n_val=len(val),
-            optimizer=optimizer,
-            batch_size=self.batch_size,
-            max_epochs=self.max_epochs,
-            seed=self.seed,
-            device=device,
-            precision=self.precision,
-            generators={"noise": loss.noise},
-            progress=progress,
-            description=f"train {self.name}",
-            on_epoch_end=on_epoch_end,
-            resume=resume,
-        )
 
     def _build_perceptual(
         self, device: torch.device, progress: Any
@@ -398,8 +392,7 @@ class FourLayerCVAEEncoder:
         """``loss(images, sample, target=None)``: the objective on one batch (mean over it).
 
         ``target`` is p(images) when the caller has it (computed once per fit); without it a
-        perceptual loss computes it here, without a graph. The function's ``noise`` attribute
-        is the VAE's sampling generator.
+        perceptual loss computes it here, without a graph.
         """
         kld_weight = float(getattr(self, "kld_weight", 0.0))
 
@@ -418,7 +411,6 @@ class FourLayerCVAEEncoder:
                 value = value + kld_weight * _kld(mu, logvar)
             return value
 
-        loss.noise = noise
         return loss
 
     # ----- inference -------------------------------------------------------------------------
