@@ -152,7 +152,7 @@ def test_per_item_values_reproduce_the_published_records():
     """The board's committed records (with sidecars since 0.3.0) are scored item by item."""
     runs = [load_run(path) for path in sorted([*BOARD.glob("*.json"), *ARCHIVE.glob("*.json")])]
     with_predictions = [run for run in runs if run.predictions is not None]
-    assert with_predictions, f"no committed records with predictions in {BOARD}"
+    assert with_predictions, f"no committed records with predictions in {BOARD} or {ARCHIVE}"
     for run in with_predictions:
         assert item_values(run, "mlp").mean() == pytest.approx(run.record.test["mlp"],
                                                                rel=1e-12, abs=0)
