@@ -24,27 +24,28 @@ from typing import Any
 
 import numpy as np
 
-from embench.leaderboard import (
+from embench.board_marks import (
     BOARD_RESAMPLES,
     COMPARISON_PAIRS,
-    NOTES_FILE,
-    STILL_IMPROVING_MARK,
-    STILL_IMPROVING_NOTE,
     BoardRuns,
-    Group,
     _baseline_block,
     _comparisons_block,
+    tie_marks,
+)
+from embench.board_recon import render_reconstruction_table
+from embench.board_tables import (
+    STILL_IMPROVING_MARK,
+    STILL_IMPROVING_NOTE,
+    Group,
     _fmt,
-    _how_made,
     _paper_value,
     _provenance,
     as_records,
     group_records,
     improving_cells,
-    render_reconstruction_table,
     table_rows,
-    tie_marks,
 )
+from embench.leaderboard import NOTES_FILE, _how_made
 from embench.leaderboard import publish as publish_markdown
 from embench.paper import ENCODER_LABELS, PAPER
 from embench.protocols import convergence_verdict

@@ -6,7 +6,8 @@ Four encoders on a small LunarLander set (12 + 20 rollouts), each through the sa
 
 * ``pca`` on pixels, the paper's baseline;
 * the autoencoder's network with its random initial weights and no training at all (the floor
-  that training has to beat: :class:`UntrainedAE`, named ``untrained_ae`` in records);
+  that training has to beat: the registered ``untrained_ae`` reference encoder, the board's
+  reference row too);
 * the autoencoder ``ae`` (pixel-wise loss) and ``p_ae`` (perceptual loss, ImageNet AlexNet),
   both trained briefly (6 epochs at batch 64): the paper's comparison in miniature.
 
@@ -30,21 +31,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from embench.devices import resolve_device
-from embench.errors import ConfigError, EmbenchError, NotFittedError
+from embench.errors import ConfigError, EmbenchError
 from embench.presets import PRESETS, Preset, registered, task_sizes
-from embench.registry import get_plugin, load_task
+from embench.registry import load_task
 from embench.runner import RunConfig, run
-from embench.storage import fingerprint, sha256_arrays
 
 #: The demo's task and preset (LunarLander's ``demo`` sizes: 12 + 20 rollouts, 4,800 frames).
 DEMO_TASK = "lunarlander"
@@ -56,99 +52,6 @@ DEMO_AE_BATCH = 64
 #: How ``embench demo`` says the full runs are started.
 FULL_RUN = "embench run --encoder p_vae --task lunarlander --preset quick"
 REPRODUCE = "embench reproduce --task lunarlander --preset quick"
-
-
-class UntrainedAE:
-    """The autoencoder's encoder network with its seeded initial weights, never trained.
-
-    Exactly the weights ``ae`` starts training from at the same seed (the same
-    ``FourLayerCVAE`` built right after ``torch.manual_seed(seed)``); ``fit`` only builds it
-    for the images' size. Embeddings are ``mu`` with BatchNorm at its initial statistics,
-    as for a trained ``ae`` in eval mode. It keeps no checkpoint: rebuilding it is instant.
-
-    Args:
-        z_dim: embedding size.
-        seed: seeds the initial weights.
-        device: where to compute (``auto``, ``cpu``, ``cuda``).
-
-    Example:
-        >>> enc = UntrainedAE(z_dim=8).fit(train_images)
-        >>> enc.encode(test_images).shape
-        (N, 8)
-    """
-
-    def __init__(self, z_dim: int = 64, seed: int = 0, device: str = "auto") -> None:
-        self.z_dim = z_dim
-        self.seed = seed
-        self.device = device
-
-    def get_config(self) -> dict[str, Any]:
-        """Constructor config that determines the embeddings (not the device)."""
-        return {"z_dim": self.z_dim, "seed": self.seed, "weights": "initial, never trained"}
-
-    def fit(self, train_images: Any, val_images: Any = None, **_: Any) -> UntrainedAE:
-        """Build the network for the images' size with its seeded initial weights."""
-        import torch
-
-        if not isinstance(self.z_dim, int) or self.z_dim < 1:
-            raise ConfigError(f"UntrainedAE z_dim must be a positive integer; got "
-                              f"{self.z_dim!r}.")
-        size = int(np.shape(train_images)[-1])
-        network = _ae_network()
-        with torch.random.fork_rng(devices=[]):  # as ae's fit builds it: the same weights
-            torch.manual_seed(self.seed)
-            model = network(self.z_dim, size)
-        self.model_ = model.to(resolve_device(self.device)).eval()
-        self.image_size_ = size
-        return self
-
-    @property
-    def embedding_dim(self) -> int:
-        """The embedding size, ``z_dim``."""
-        return int(self.z_dim)
-
-    @property
-    def fingerprint(self) -> str:
-        """sha256 of the config, the image size and every weight."""
-        if not hasattr(self, "model_"):
-            raise NotFittedError(self)
-        state = self.model_.state_dict()
-        names = sorted(state)
-        digest = sha256_arrays(*(state[k].detach().cpu().numpy() for k in names))
-        return fingerprint("untrained_ae", self.get_config(), self.image_size_, names, digest)
-
-    def encode(self, images: Any) -> np.ndarray:
-        """``(N, 3, s, s)`` uint8 or float in [0, 1] -> ``mu``, ``(N, z_dim)`` float32."""
-        import torch
-
-        if not hasattr(self, "model_"):
-            raise NotFittedError(self)
-        device = next(self.model_.parameters()).device
-        out = np.empty((len(images), self.z_dim), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(images), 256):
-                batch = torch.from_numpy(np.ascontiguousarray(images[start:start + 256]))
-                x = batch.to(device).float()
-                if batch.dtype == torch.uint8:
-                    x = x / 255.0
-                mu, _ = self.model_.encode(x)
-                out[start:start + len(batch)] = mu.float().cpu().numpy()
-        return out
-
-
-def _ae_network() -> Any:
-    """The network class the registered ``ae`` encoder trains (its ``FourLayerCVAE``).
-
-    It is found through the registry, in the module that defines the ``ae`` plugin, so the
-    core imports no plugin module (and a missing ``ae`` plugin is one clear error).
-    """
-    factory = get_plugin("encoder", "ae").load()
-    return sys.modules[factory.__module__].FourLayerCVAE
-
-
-def untrained_ae(z_dim: int = 64, seed: int = 0, device: str = "auto") -> UntrainedAE:
-    """The ae's network with its random initial weights, no training (a floor to beat)."""
-    return UntrainedAE(z_dim=z_dim, seed=seed, device=device)
 
 
 @dataclass
@@ -171,7 +74,7 @@ def demo_entries(ae_epochs: int = DEMO_AE_EPOCHS) -> list[DemoEntry]:
     epochs = f"{ae_epochs} epoch{'s' if ae_epochs > 1 else ''}"
     return [
         DemoEntry("pca (on pixels)", "pca"),
-        DemoEntry("untrained ae (random weights, no training)", f"{__name__}:untrained_ae"),
+        DemoEntry("untrained ae (random weights, no training)", "untrained_ae"),
         DemoEntry(f"ae, pixel loss ({epochs})", "ae", budget),
         DemoEntry(f"p_ae, perceptual loss ({epochs})", "p_ae", budget, optional=True),
     ]

@@ -2,7 +2,6 @@
 
 import io
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -11,13 +10,12 @@ from rich.progress import Progress
 
 import embench.estimate
 from embench.cli import main
-from embench.demo import UntrainedAE, demo_entries, demo_preset, untrained_ae
+from embench.demo import demo_entries, demo_preset
 from embench.errors import ConfigError, WeightsError
 from embench.presets import PRESETS
 from embench.progress import LineProgress, format_seconds, make_progress, stage
 from embench.results import load_record
 from embench.runner import RunConfig
-from embench.testing import check_encoder
 from embench.training.loop import fit_module
 
 # Box2D's SWIG bindings emit DeprecationWarnings on import; not ours to fix.
@@ -172,20 +170,13 @@ def test_a_probe_that_fails_never_stops_the_run(home, monkeypatch):
 # -- embench demo ------------------------------------------------------------------------------
 
 
-def test_untrained_ae_meets_the_encoder_contract():
-    encoder = check_encoder(untrained_ae, z_dim=8)
-    assert isinstance(encoder, UntrainedAE) and encoder.embedding_dim == 8
-    torch.manual_seed(0)  # the weights are the seed's, whatever the global RNG did before
-    again = untrained_ae(z_dim=8).fit(np.zeros((2, 3, 64, 64), np.uint8))
-    assert again.fingerprint == encoder.fingerprint
-
-
 def test_demo_entries_name_the_untrained_baseline_honestly():
     entries = demo_entries(3)
     assert [entry.label for entry in entries] == [
         "pca (on pixels)", "untrained ae (random weights, no training)",
         "ae, pixel loss (3 epochs)", "p_ae, perceptual loss (3 epochs)"]
     assert [entry.optional for entry in entries] == [False, False, False, True]
+    assert entries[1].encoder == "untrained_ae"  # the board's registered reference row
     with pytest.raises(ConfigError):
         demo_entries(0)
 

@@ -49,6 +49,8 @@ def test_untrained_ae_is_where_a_trained_one_starts():
     with torch.no_grad():
         want = start.encode(torch.from_numpy(IMAGES).float() / 255)[0].numpy()
     np.testing.assert_allclose(encoder.encode(IMAGES), want, rtol=1e-5, atol=1e-6)
+    torch.manual_seed(0)  # the weights are the seed's, whatever the global RNG did before
+    assert UntrainedAE(z_dim=8, seed=3).fit(IMAGES).fingerprint == encoder.fingerprint
     other = UntrainedAE(z_dim=8, seed=4, device="cpu").fit(IMAGES)
     assert other.fingerprint != encoder.fingerprint
     assert encoder.training_stats()["trained"] is False
