@@ -40,6 +40,7 @@ from typing import Any
 from embench.errors import ConfigError, EmbenchError
 from embench.presets import PRESETS, Preset, registered, task_sizes
 from embench.registry import load_task
+from embench.results import NOT_A_RESULT, NOT_A_RESULT_MARK
 from embench.runner import RunConfig, run
 
 #: The demo's task and preset (LunarLander's ``demo`` sizes: 12 + 20 rollouts, 4,800 frames).
@@ -202,8 +203,24 @@ def _format_metric(record: Any, value: float) -> str:
     return f"{100 * value:.1f}%" if record.metric["name"] == "accuracy" else f"{value:.2f}"
 
 
+def _probe_cell(record: Any, probe: str) -> str:
+    """A probe's test figure, marked when it is no better than the trivial baseline."""
+    text = _format_metric(record, record.test[probe])
+    return text if record.beats_baseline(probe) else f"{text} {NOT_A_RESULT_MARK}"
+
+
+def _unbeaten(outcome: DemoOutcome) -> bool:
+    """Whether any shown probe is no better than the trivial baseline."""
+    return any(not row.record.beats_baseline(probe) for row in outcome.rows
+               if row.record is not None for probe in ("mlp", "linear"))
+
+
 def summary_table(outcome: DemoOutcome) -> Any:
-    """The demo's table: encoder, best MLP, linear probe, trivial baseline, wall time."""
+    """The demo's table: encoder, best MLP, linear probe, trivial baseline, wall time.
+
+    A probe no better than the baseline is marked ``✗``, as on the board and in ``embench
+    run``'s table; :func:`closing_lines` says what the mark means.
+    """
     from rich.table import Table
 
     first = outcome.scored[0].record
@@ -220,8 +237,7 @@ def summary_table(outcome: DemoOutcome) -> Any:
             table.add_row(row.label, "skipped", "", "", f"{row.seconds:.0f}")
             continue
         test = row.record.test
-        table.add_row(row.label, _format_metric(row.record, test["mlp"]),
-                      _format_metric(row.record, test["linear"]),
+        table.add_row(row.label, _probe_cell(row.record, "mlp"), _probe_cell(row.record, "linear"),
                       _format_metric(row.record, test["baseline"]),
                       "cached" if row.reused else f"{row.seconds:.0f}")
     return table
@@ -238,6 +254,8 @@ def closing_lines(outcome: DemoOutcome, home: Path | None = None) -> list[str]:
              "pixel-wise objectives (pca, ae) weigh every pixel alike, so the small lander "
              "counts for little; a perceptual loss (p_ae) compares what a pretrained network "
              "sees: the paper's point."]
+    if _unbeaten(outcome):
+        lines.append(f"{NOT_A_RESULT_MARK} {NOT_A_RESULT}")
     for row in outcome.rows:
         if row.skipped:
             lines.append(f"skipped {row.label}: {row.skipped}")

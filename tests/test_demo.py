@@ -14,7 +14,7 @@ from embench.demo import demo_entries, demo_preset
 from embench.errors import ConfigError, WeightsError
 from embench.presets import PRESETS
 from embench.progress import LineProgress, format_seconds, make_progress, stage
-from embench.results import load_record
+from embench.results import NOT_A_RESULT_MARK, load_record
 from embench.runner import RunConfig
 from embench.training.loop import fit_module
 
@@ -204,6 +204,11 @@ def test_demo_runs_end_to_end_then_reuses_everything(tmp_path, monkeypatch):
     assert PRESETS["demo"] == demo_preset()  # its own sizes were registered only meanwhile
     records = sorted((tmp_path / "results" / "lunarlander").glob("*-demo-*.json"))
     assert [r.name.split("-z")[0] for r in records] == ["ae", "pca", "untrained_ae"]
+    # a probe no better than the baseline is marked, as on the board, and the mark explained
+    unbeaten = sum(not load_record(r).beats_baseline(p) for r in records for p in ("mlp", "linear"))
+    table = out.split("best MLP probe:")[0]
+    assert table.count(NOT_A_RESULT_MARK) == unbeaten
+    assert (f"{NOT_A_RESULT_MARK} no better than the trivial baseline" in out) == (unbeaten > 0)
     # a full rerun rebuilds the demo's sizes and the ae's batch of 64 from the record
     record = load_record(records[0])
     assert record.preset_config["overrides"]["lunarlander"]["frames"] == 50
