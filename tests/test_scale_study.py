@@ -1,0 +1,97 @@
+"""benchmarks/scale_study.py: the ordering verdict that chooses the board's scale, and its report.
+
+The report runs on copies of the committed board's own records (the archived ``quick`` 0.4.0
+seed-0 runs and the ``third`` P. VAE run), in a temporary board and README.
+"""
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BOARD = ROOT / "leaderboard"
+
+
+@pytest.fixture()
+def study():
+    spec = importlib.util.spec_from_file_location("scale_study",
+                                                  ROOT / "benchmarks" / "scale_study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cells(p_vae, p_ae, ae, vae, baseline=21.0):
+    return {name: {"test": {"mlp": mlp, "baseline": baseline}}
+            for name, mlp in (("p_vae", p_vae), ("p_ae", p_ae), ("ae", ae), ("vae", vae))}
+
+
+def test_the_papers_ordering_holds_only_when_all_three_parts_do(study):
+    holds, reasons = study.ordering(cells(1.15, 1.60, 13.28, 13.22))  # Table II's numbers
+    assert holds and all(reason.startswith("yes: ") for reason in reasons)
+    for broken, part in ((cells(2.0, 1.6, 13.3, 13.2), 0),  # P. VAE behind P. AE
+                         (cells(4.4, 4.5, 13.3, 13.2), 1),  # not a third of pixel-wise
+                         (cells(1.1, 1.6, 21.0, 13.2), 2)):  # AE on the baseline
+        holds, reasons = study.ordering(broken)
+        assert not holds
+        assert [reason.startswith("no: ") for reason in reasons] == [i == part for i in range(3)]
+    # the third is taken of the better pixel-wise encoder (12 px here, not 15)
+    assert not study.ordering(cells(4.1, 4.1, 12.0, 15.0))[0]
+    assert study.ordering(cells(3.9, 4.0, 12.0, 15.0))[0]
+    # below the baseline means strictly below
+    assert not study.ordering(cells(1.0, 1.0, 12.0, 21.0, baseline=21.0))[0]
+
+
+@pytest.fixture()
+def board(study, tmp_path, monkeypatch):
+    """A temporary board holding copies of the committed seed-0 records, and a README."""
+    archive = tmp_path / "leaderboard" / "archive" / "quick-0.4.0" / "results" / "lunarlander"
+    results = tmp_path / "leaderboard" / "results" / "lunarlander"
+    archive.mkdir(parents=True)
+    results.mkdir(parents=True)
+    for path in (BOARD / "archive" / "quick-0.4.0" / "results" / "lunarlander").glob(
+            "*-z64-seed0-quick-*.json"):
+        shutil.copy(path, archive)
+    [p_vae] = (BOARD / "results" / "lunarlander").glob("p_vae-z64-seed0-third-*.json")
+    shutil.copy(p_vae, results)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# before\n{study.START}\nSTALE\n{study.END}\n# after\n")
+    monkeypatch.setattr(study, "ARCHIVE", tmp_path / "leaderboard" / "archive")
+    monkeypatch.setattr(study, "RESULTS", results)
+    monkeypatch.setattr(study, "README", readme)
+    monkeypatch.setattr(study, "PLOT", tmp_path / "leaderboard" / "scale_study.png")
+    monkeypatch.setattr(study, "ROOT", tmp_path)
+    return tmp_path
+
+
+def test_the_newest_seed0_record_of_each_cell_is_the_one_counted(study, board):
+    [path] = (board / "leaderboard" / "results" / "lunarlander").glob("p_vae-*.json")
+    newer = json.loads(path.read_text())
+    newer["created"] = "2999-01-01T00:00:00+00:00"
+    newer["test"]["mlp"] = 1.0
+    (path.parent / "p_vae-z64-seed0-third-newer.json").write_text(json.dumps(newer))
+    found = study.seed0_records()
+    assert found["third", "p_vae"]["test"]["mlp"] == 1.0
+    assert sorted(found) == [("quick", e) for e in ("ae", "p_ae", "p_vae", "vae")] + [
+        ("third", "p_vae")]
+
+
+def test_report_writes_the_table_verdicts_and_plot_between_the_markers(study, board, capsys):
+    assert study.report() == 0
+    readme = (board / "README.md").read_text()
+    assert readme.startswith("# before\n") and readme.endswith(f"{study.END}\n# after\n")
+    assert "STALE" not in readme
+    lines = [line for line in readme.splitlines() if line.startswith("| quick")]
+    assert [line.split(" | ")[3] for line in lines] == ["P. VAE", "P. AE", "AE", "VAE"]
+    assert "| third (1/3, embench-0.5.0) | 27,900 | 19,756 | P. VAE | 7.28 | 12.61 | 21.64 |" \
+        in readme
+    # quick's records predate the verdict: it is computed from their history (15-epoch cap)
+    assert all(" | 15 (" in line and "| yes |" in line for line in lines)
+    assert "- **quick**: the paper's ordering does not hold (no: P. VAE 14.37 px vs P. AE " \
+           "6.00 px;" in readme
+    assert "- **third**: not finished (missing P. AE, AE, VAE)." in readme
+    assert (board / "leaderboard" / "scale_study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list((board / "leaderboard").glob("*.tmp.png"))
