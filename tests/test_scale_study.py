@@ -95,3 +95,37 @@ def test_report_writes_the_table_verdicts_and_plot_between_the_markers(study, bo
     assert "- **third**: not finished (missing P. AE, AE, VAE)." in readme
     assert (board / "leaderboard" / "scale_study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list((board / "leaderboard").glob("*.tmp.png"))
+
+
+def test_the_climb_skips_ae_and_vae_where_the_pair_already_disagrees(study, monkeypatch, capsys):
+    errors = {"third": cells(7.3, 5.0, 20.0, 20.0), "half": cells(3.0, 3.5, 12.0, 13.0),
+              "paper": cells(1.1, 1.6, 13.3, 13.2)}
+    ran = []
+
+    def run_cell(scale, encoder, commit, device):
+        ran.append((scale, encoder))
+        return errors[scale][encoder]
+
+    monkeypatch.setattr(study, "run_cell", run_cell)
+    assert study.run(["third", "half", "paper"], commit=False, device="cpu") == 0
+    assert ran == [("third", "p_vae"), ("third", "p_ae"),  # P. VAE behind: AE and VAE skipped
+                   ("half", "p_vae"), ("half", "p_ae"), ("half", "ae"), ("half", "vae")]
+    out = capsys.readouterr().out
+    assert "third: P. VAE 7.30 px is behind P. AE 5.00 px; AE and VAE are not run" in out
+    assert "stopping at half: the board's scale" in out
+    # the last scale of the climb runs all four, whatever the pair does
+    ran.clear()
+    errors["paper"] = cells(2.0, 1.6, 13.3, 13.2)
+    study.run(["third", "paper"], commit=False, device="cpu")
+    assert ran[-4:] == [("paper", e) for e in ("p_vae", "p_ae", "ae", "vae")]
+
+
+def test_report_says_why_a_scale_has_no_ae_or_vae(study, board):
+    [p_vae] = (board / "leaderboard" / "results" / "lunarlander").glob("p_vae-*.json")
+    p_ae = json.loads(p_vae.read_text())
+    p_ae["encoder"], p_ae["test"]["mlp"] = "p_ae", 5.0
+    (p_vae.parent / "p_ae-z64-seed0-third-test.json").write_text(json.dumps(p_ae))
+    study.report()
+    assert ("- **third**: the paper's ordering does not hold (no: P. VAE 7.28 px vs P. AE 5.00 "
+            "px); AE and VAE are not run at this scale, since they cannot change that.") \
+        in (board / "README.md").read_text()
