@@ -184,3 +184,42 @@ def test_readme_example_as_a_file_and_on_standard_input(tmp_path, how):
         child = run_python(["-"], tmp_path, stdin=code)
     assert child.returncode == 0, child.stderr
     assert "'mlp'" in child.stdout and "'baseline'" in child.stdout, child.stdout
+
+
+#: The caller is a Ray task (the API inside a user's Ray job): real generator workers start in
+#: the task's process, whose main module is Ray's worker script. (That script guards its main,
+#: so it was harmless even before the main-module filter; checked by removing the filter.)
+RAY_TASK = """\
+print("driver ran", flush=True)
+import json
+
+import ray
+
+
+@ray.remote
+def evaluate_in_task():
+{body}
+    return {{"test": record.test, "children_cpu_s": children.ru_utime + children.ru_stime}}
+
+
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+try:
+    result = ray.get(evaluate_in_task.remote(), timeout={timeout})
+finally:
+    ray.shutdown()
+print("RESULT", json.dumps(result))
+"""
+
+
+@pytest.mark.ray
+def test_caller_is_a_ray_task(tmp_path):
+    body = textwrap.indent(EVALUATE.replace('print("main module ran", flush=True)\n', "")
+                           .split('print("RESULT"')[0], "    ")
+    (tmp_path / "raytask.py").write_text(RAY_TASK.format(body=body, timeout=TIMEOUT - 30))
+    child = run_python(["raytask.py"], tmp_path)
+    result = result_of(child)
+    assert child.stdout.count("driver ran") == 1, child.stdout
+    assert set(result["test"]) >= {"mlp", "linear", "baseline"}
+    assert result["children_cpu_s"] > 0.1, "no generator worker ran inside the Ray task"
+    (record,) = (tmp_path / "home" / "results" / "lunarlander").glob("pca-z4-*.json")
+    assert json.loads(record.read_text())["test"] == result["test"]
