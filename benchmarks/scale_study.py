@@ -180,8 +180,15 @@ def rows() -> list[dict]:
 
                 training.update(convergence_verdict(training["history"],
                                                     record["encoder_config"]["max_epochs"]))
-            timings = record.get("timings") or {}
-            fit = training.get("fit_seconds") if not record["cache"]["checkpoint_hit"] else None
+            timings = dict(record.get("timings") or {})
+            fit = None
+            if not record["cache"]["checkpoint_hit"]:
+                # a resumed fit's fit_seconds covers only its last process; train_seconds sums
+                # every epoch's time across the processes (without the p(x) set-up)
+                fit = max(float(training.get("fit_seconds") or 0.0),
+                          float(training.get("train_seconds") or 0.0)) or None
+                if fit is not None and "train_seconds" in timings:
+                    timings["train_seconds"] = fit
             out.append({
                 "scale": scale, "encoder": encoder, "version": record["embench_version"],
                 "frames": record["split_sizes"]["autoencoder_train"],
@@ -190,6 +197,7 @@ def rows() -> list[dict]:
                 "baseline": record["test"]["baseline"],
                 "epochs": training.get("n_epochs"), "best": training.get("best_epoch"),
                 "still_improving": training.get("still_improving"),
+                "stop_reason": training.get("stop_reason"),
                 "train_minutes": _minutes(fit if fit is not None
                                           else training.get("train_seconds")),
                 "total_minutes": _minutes(sum(float(v) for v in timings.values())
@@ -206,6 +214,8 @@ def table(found: list[dict]) -> str:
     ]
     for row in found:
         improving = {True: "yes", False: "no", None: "-"}[row["still_improving"]]
+        if row.get("stop_reason") == "early_stopping":
+            improving += " (stopped early)"
         lines.append(
             f"| {row['scale']} ({SCALES[row['scale']]}, {row['version']}) | {row['frames']:,} | "
             f"{row['probe_frames']:,} | {LABELS[row['encoder']]} | {row['mlp']:.2f} | "
