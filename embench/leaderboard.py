@@ -81,12 +81,18 @@ def _how_made(group: Group) -> str:
                f"--seeds {len(seeds)}" + (f" --z {','.join(map(str, zs))}" if zs else "")
                + (f" --device {group.device}" if group.device != "cpu" else "")
                + (f" --precision {group.precision}" if group.precision != "fp32" else ""))
-    rows, total, reused, embeddings_reused = [], 0.0, 0, 0
+    rows, total, reused, embeddings_reused, resumed_runs = [], 0.0, 0, 0, 0
     for r in recs:
         t, training = r.timings or {}, r.training or {}
         hit = bool((r.cache or {}).get("checkpoint_hit"))
         train = float(training.get("fit_seconds", 0.0)) if hit else float(
             t.get("train_seconds", 0.0))
+        # a fit resumed after an interruption times only its last process; the history's
+        # epochs (train_seconds) count every process that trained it
+        resumed = not hit and float(training.get("train_seconds", 0.0)) > train
+        if resumed:
+            train = float(training["train_seconds"])
+            resumed_runs += 1
         decoder = float(((r.reconstruction or {}).get("retraining") or {}).get(
             "train_seconds", 0.0)) if hit else float(t.get("reconstruction_seconds", 0.0))
         stages = {"data": float(t.get("data_seconds", 0.0)), "train": train,
@@ -98,6 +104,8 @@ def _how_made(group: Group) -> str:
         cached = bool((r.cache or {}).get("embedding_cache_hit"))
         embeddings_reused += cached
         cells = {name: _minutes(v) for name, v in stages.items()}
+        if resumed:
+            cells["train"] += " §"
         if cached:
             cells["embed"] = "cached ‡"
         rows.append(f"| {encoder_label(r.encoder)} | {r.z_dim} | {r.seed} | "
@@ -119,6 +127,10 @@ def _how_made(group: Group) -> str:
     if reused:
         lines[-1] += (" † reused a checkpoint trained by an earlier run of the same training "
                       "fingerprint: its train and decoder times are that run's.")
+    if resumed_runs:
+        lines[-1] += (" § resumed after an interruption: the sum of its epochs' times over every "
+                      "process that trained it (its data, embed and later stages are the last "
+                      "process's).")
     if embeddings_reused:
         lines[-1] += (" ‡ reused the embeddings an earlier run had cached; the time that run "
                       "took to compute them is not counted.")

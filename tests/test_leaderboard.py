@@ -524,6 +524,28 @@ def test_the_run_table_marks_embeddings_read_from_the_cache(tmp_path):
     assert "‡ reused the embeddings an earlier run had cached" in text
 
 
+def test_the_run_table_counts_every_epoch_of_a_resumed_fit(tmp_path):
+    from embench.leaderboard import publish
+
+    _, results = _tie_board(tmp_path)
+    paths = sorted(results.rglob("*.json"))
+    data = json.loads(paths[0].read_text())
+    # killed after an hour of epochs, resumed: the last process trained 10 minutes of them
+    data["cache"] = {"checkpoint_hit": False, "embedding_cache_hit": False}
+    data["timings"] = {"data_seconds": 0.0, "train_seconds": 600.0, "embed_seconds": 0.0,
+                       "probe_seconds": 0.0, "reconstruction_seconds": 0.0}
+    data["training"] = {**(data.get("training") or {}), "fit_seconds": 600.0,
+                        "train_seconds": 4200.0}
+    paths[0].write_text(json.dumps(data))
+    out = tmp_path / "board"
+    out.mkdir()
+    text = publish(paths, out).read_text()
+    [row] = [line for line in text.splitlines() if " | 70 min § | " in line]
+    assert row.endswith("| 70 min | – |")  # the wall time counts the whole training
+    assert "§ resumed after an interruption" in text
+    assert text.count("§") == 2  # its mark and the footnote: the other runs were not resumed
+
+
 @pytest.mark.parametrize("direction", ["lower", "higher"])
 def test_cells_no_better_than_the_baseline_are_marked_as_no_result(direction):
     from embench.results import NOT_A_RESULT
