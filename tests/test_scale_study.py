@@ -133,3 +133,16 @@ def test_report_says_why_a_scale_has_no_ae_or_vae(study, board):
     assert training["fit_seconds"] < training["train_seconds"]
     assert (f"| P. AE | 5.93 | 10.29 | 21.64 | 30 (20) | no (stopped early) | "
             f"{training['train_seconds'] / 60:.0f} |") in readme
+
+
+def test_below_the_baseline_means_significantly_below_on_the_same_frames(study):
+    found = study.seed0_records()  # the committed board: quick's archived seed-0 runs
+    # quick's VAE is a hair under the baseline (21.32 against 21.33 px) by chance: not below
+    vae_below, vae_text = study.below_baseline(found["quick", "vae"])
+    assert found["quick", "vae"]["test"]["mlp"] < found["quick", "vae"]["test"]["baseline"]
+    assert not vae_below and vae_text.startswith("21.32 px (-0.01 [")
+    p_ae_below, p_ae_text = study.below_baseline(found["quick", "p_ae"])
+    assert p_ae_below and p_ae_text.startswith("6.00 px (-15.33 [")
+    # a record without its sidecar beside it: the point estimates decide
+    by_value = {"test": {"mlp": 21.32, "baseline": 21.33}}
+    assert study.below_baseline(by_value) == (True, "21.32 px")
