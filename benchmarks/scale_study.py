@@ -39,7 +39,11 @@ import sys
 import time
 from pathlib import Path
 
+from embench.board_marks import BoardRuns
+from embench.compare import item_values
+from embench.paired import paired_test
 from embench.records import BUNDLE_SUFFIX
+from embench.results import load_record
 
 ROOT = Path(__file__).resolve().parents[1]
 BOARD = ROOT / "leaderboard"
@@ -84,11 +88,6 @@ def below_baseline(record: dict) -> tuple[bool, str]:
         else None
     if sidecar is None or not sidecar.exists():
         return mlp < baseline, f"{mlp:.2f} px"
-    from embench.board_marks import BoardRuns
-    from embench.compare import item_values
-    from embench.paired import paired_test
-    from embench.results import load_record
-
     run = BoardRuns(path.parent.parent).run(load_record(path))
     result = paired_test(item_values(run, "mlp"), item_values(run, "baseline"),
                          run.predictions.groups, n_resamples=10_000, seed=0, permutation=False)
