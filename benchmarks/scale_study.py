@@ -42,6 +42,7 @@ from pathlib import Path
 from embench.board_marks import BoardRuns
 from embench.compare import item_values
 from embench.paired import paired_test
+from embench.protocols import convergence_verdict
 from embench.records import BUNDLE_SUFFIX
 from embench.results import load_record
 
@@ -205,8 +206,6 @@ def rows() -> list[dict]:
             training = dict(record.get("training") or {})
             if "still_improving" not in training and training.get("history"):
                 # records before 0.5.0 carry no verdict: the same formula on their history
-                from embench.training import convergence_verdict
-
                 training.update(convergence_verdict(training["history"],
                                                     record["encoder_config"]["max_epochs"]))
             timings = dict(record.get("timings") or {})
