@@ -250,7 +250,9 @@ def closing_lines(outcome: DemoOutcome, home: Path | None = None) -> list[str]:
     lines = [f"best MLP probe: {best.label}, "
              f"{_format_metric(best.record, best.record.test['mlp'])} {unit} (the baseline, "
              f"predicting the probe-train mean: "
-             f"{_format_metric(best.record, best.record.test['baseline'])} {unit}).",
+             f"{_format_metric(best.record, best.record.test['baseline'])} {unit})"
+             + ("." if best.record.beats_baseline("mlp") else
+                f", so no MLP probe beat the baseline here {NOT_A_RESULT_MARK}."),
              "pixel-wise objectives (pca, ae) weigh every pixel alike, so the small lander "
              "counts for little; a perceptual loss (p_ae) compares what a pretrained network "
              "sees: the paper's point."]

@@ -209,6 +209,8 @@ def test_demo_runs_end_to_end_then_reuses_everything(tmp_path, monkeypatch):
     table = out.split("best MLP probe:")[0]
     assert table.count(NOT_A_RESULT_MARK) == unbeaten
     assert (f"{NOT_A_RESULT_MARK} no better than the trivial baseline" in out) == (unbeaten > 0)
+    mlp_beats = [load_record(r).beats_baseline("mlp") for r in records]
+    assert ("so no MLP probe beat the baseline here" in out) == (not any(mlp_beats))
     # a full rerun rebuilds the demo's sizes and the ae's batch of 64 from the record
     record = load_record(records[0])
     assert record.preset_config["overrides"]["lunarlander"]["frames"] == 50
