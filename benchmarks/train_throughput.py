@@ -11,6 +11,12 @@ For each encoder and image size, two ways to take one optimizer step on a batch 
   ``fit_module`` records (training pass only).
 * **0.4.0** (perceptual encoders): the same step with p(x) recomputed from the batch at every
   step, as embench 0.4.0 did; the difference is the per-image cost of the target.
+* **compiled** (``--compiled``, fp32): the embench step with its loss function (network,
+  p(reconstruction) and the loss) under ``torch.compile``, and the loss's relative difference
+  from the eager one on the same batch and weights. Not what ``fit`` runs: compiling changes
+  the rounding, so adopting it needs a new ``ARTIFACT_VERSION`` (and a board run again).
+  Compiling takes about a minute per model before the warm-up; use ``--rounds`` 3 or more so
+  that the median skips a round that recompiled.
 * **baseline**: the straightforward PyTorch loop for the same model and loss: the network
   built the plain way (``FourLayerCVAE(textbook=True)``: NCHW, ``nn.ConvTranspose2d``; same
   initial weights and function), float32 ``TensorDataset`` + ``DataLoader(shuffle=True)``,
@@ -30,6 +36,8 @@ Usage:
     python benchmarks/train_throughput.py --quick            # ae, p_ae at 64 px (make bench)
     python benchmarks/train_throughput.py                    # the issue's full matrix
     python benchmarks/train_throughput.py --device cuda --models ae,p_ae,vae,p_vae
+    python benchmarks/train_throughput.py --models ae,p_vae --sizes 64 --precisions fp32 \
+        --compiled --rounds 5                                # the compiled-graph lever
 """
 
 from __future__ import annotations
@@ -133,6 +141,20 @@ class StraightforwardLoop:
         return counter.get_total_flops()
 
 
+def _loss_drift(eager: EmbenchStep, compiled: EmbenchStep) -> float:
+    """|compiled − eager| / |eager| of the loss on the same batch and the same initial weights.
+
+    Both steps build their network from the same seed; the deterministic (validation) form of
+    the loss is compared, before either has trained. Compiling fuses and reorders operations,
+    so the rounding differs: a compiled fit would need a new ``ARTIFACT_VERSION``.
+    """
+    batch = slice(0, min(64, len(eager.train)))
+    with torch.no_grad():
+        a, b = (float(step.loss(_take(step.train, batch), False, step._target(batch)))
+                for step in (eager, compiled))
+    return abs(b - a) / abs(a)
+
+
 class EmbenchStep:
     """One call = one ``fit_module`` epoch over exactly one batch = one embench training step.
 
@@ -144,7 +166,7 @@ class EmbenchStep:
     """
 
     def __init__(self, name: str, images: np.ndarray, precision: str, device: str,
-                 home: Path, cached_targets: bool = True) -> None:
+                 home: Path, cached_targets: bool = True, compiled: bool = False) -> None:
         cls = ENCODERS[name]
         extra = {"perceptual_weights": "random"} if cls.perceptual else {}
         encoder = cls(z_dim=Z_DIM, batch_size=len(images), device=device, precision=precision,
@@ -158,6 +180,8 @@ class EmbenchStep:
         pnet = encoder._build_perceptual(self.device, None)[0] if cls.perceptual else None
         noise = torch.Generator(device=self.device).manual_seed(1)
         self.loss = encoder._make_loss(self.model, pnet, noise)
+        if compiled:  # the whole loss (network, p(recon), the loss) as one compiled graph
+            self.loss = torch.compile(self.loss)
         self.train = _images_on_device(images, self.device)
         self.val = self.train[:8]
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
@@ -204,6 +228,9 @@ def main() -> int:
     parser.add_argument("--bf16-steps", type=int, default=None,
                         help="timed bf16 steps (default: --rounds where native, else 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also time the fp32 step with its loss under torch.compile "
+                             "(minutes of compiling first; not what fit runs)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -233,6 +260,7 @@ def main() -> int:
 
     fp32_steps: dict[str, object] = {}
     flops: dict[tuple[str, int], int] = {}
+    drift: dict[tuple[str, int], float] = {}
     for size in sizes:
         images = rng.integers(0, 256, (args.batch_size, 3, size, size), dtype=np.uint8)
         for name in models:
@@ -245,6 +273,12 @@ def main() -> int:
                 if ENCODERS[name].perceptual:  # 0.4.0's step: p(x) recomputed every step
                     fp32_steps[f"{name} {size} 0.4.0"] = EmbenchStep(
                         name, images, "fp32", device, home, cached_targets=False).step
+                if args.compiled:
+                    eager = EmbenchStep(name, images, "fp32", device, home)
+                    compiled = EmbenchStep(name, images, "fp32", device, home, compiled=True)
+                    print(f"compiling {name} {size}px ...", flush=True)
+                    drift[name, size] = _loss_drift(eager, compiled)
+                    fp32_steps[f"{name} {size} compiled"] = compiled.step
     print(f"warm-up: one step of each of {len(fp32_steps)} configurations ...", flush=True)
     for step in fp32_steps.values():
         step()
@@ -295,6 +329,12 @@ def main() -> int:
                 rows.append(Row(f"{name} {size}px best recorded precision vs textbook",
                                 fmt(base, "img/s"), fmt(best, "img/s"), best / base,
                                 f">= {TARGET_SPEEDUP:g}x", best / base >= TARGET_SPEEDUP))
+            if f"{name} {size} compiled" in times:
+                eager, fast = (rate(f"{name} {size} {path}", args.batch_size)
+                               for path in ("fp32", "compiled"))
+                rows.append(Row(f"{name} {size}px fp32 img/s: torch.compile vs eager (loss "
+                                f"rel. diff {drift[name, size]:.1e})",
+                                fmt(eager, "img/s"), fmt(fast, "img/s"), fast / eager))
             old = f"{name} {size} 0.4.0"
             if old in times:
                 before, now = rate(old, args.batch_size), rate(f"{name} {size} fp32",
