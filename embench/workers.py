@@ -113,7 +113,7 @@ def process_pool(
     :meth:`WorkerPool.died`.
 
     Args:
-        workers: processes to start (on demand, as calls are submitted).
+        workers: processes to start (all at once, when the pool is built).
         stage: what the workers do, for messages ("generate lunarlander").
         initializer: called with ``initargs`` in each worker before its first call.
         initargs: arguments of ``initializer``.
@@ -145,6 +145,15 @@ class WorkerPool(ProcessPoolExecutor):
         self._context = _MainFreeContext()
         super().__init__(max_workers=workers, mp_context=self._context,
                          initializer=initializer, initargs=initargs)
+        # Start every worker now, not one per submit as CPython does for spawned workers. A
+        # submit that spawns adds to the executor's process table, and on CPython 3.11 it can
+        # do so while the executor's thread iterates that table after another worker died
+        # (terminate_broken marks the pool broken without the lock submit holds): the thread
+        # then dies of "dictionary changed size during iteration" and prints a traceback beside
+        # the one-line error. Seen once in the suite. Private API, hence the fallback.
+        launch = getattr(self, "_launch_processes", None)
+        if callable(launch):
+            launch()
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """``Executor.submit``, raising :class:`WorkerDiedError` if a worker has died."""

@@ -34,6 +34,17 @@ def test_workers_run_in_other_processes_without_the_callers_main_module():
     assert prepared("other") == prepared.__wrapped__("other")
 
 
+def test_every_worker_starts_with_the_pool_so_no_submit_spawns_one():
+    # A submit that spawned a worker could change the executor's process table while its
+    # thread iterates it after another worker died (CPython 3.11), which printed a thread
+    # traceback beside the one-line error; with all workers started up front none does.
+    with process_pool(2, "test") as pool:
+        started = dict(pool._processes)
+        assert len(started) == 2 and all(p.is_alive() for p in started.values())
+        assert sorted(pool.map(abs, range(-8, 0))) == list(range(1, 9))
+        assert pool._processes == started
+
+
 @pytest.mark.parametrize(("die", "cause"), [
     ((os._exit, 3), "it exited with code 3 before finishing its work"),
     ((signal.raise_signal, signal.SIGKILL), "killed by SIGKILL, most likely out of memory"),
