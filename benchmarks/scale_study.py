@@ -44,7 +44,7 @@ from embench.compare import item_values
 from embench.paired import paired_test
 from embench.protocols import convergence_verdict
 from embench.records import BUNDLE_SUFFIX
-from embench.results import load_record
+from embench.results import load_record, training_time
 
 ROOT = Path(__file__).resolve().parents[1]
 BOARD = ROOT / "leaderboard"
@@ -209,14 +209,9 @@ def rows() -> list[dict]:
                 training.update(convergence_verdict(training["history"],
                                                     record["encoder_config"]["max_epochs"]))
             timings = dict(record.get("timings") or {})
-            fit = None
-            if not record["cache"]["checkpoint_hit"]:
-                # a resumed fit's fit_seconds covers only its last process; train_seconds sums
-                # every epoch's time across the processes (without the p(x) set-up)
-                fit = max(float(training.get("fit_seconds") or 0.0),
-                          float(training.get("train_seconds") or 0.0)) or None
-                if fit is not None and "train_seconds" in timings:
-                    timings["train_seconds"] = fit
+            fit, _ = training_time(timings, training, record.get("cache"))
+            if "train_seconds" in timings:
+                timings["train_seconds"] = fit
             out.append({
                 "scale": scale, "encoder": encoder, "version": record["embench_version"],
                 "frames": record["split_sizes"]["autoencoder_train"],
@@ -226,8 +221,7 @@ def rows() -> list[dict]:
                 "epochs": training.get("n_epochs"), "best": training.get("best_epoch"),
                 "still_improving": training.get("still_improving"),
                 "stop_reason": training.get("stop_reason"),
-                "train_minutes": _minutes(fit if fit is not None
-                                          else training.get("train_seconds")),
+                "train_minutes": _minutes(fit or None),
                 "total_minutes": _minutes(sum(float(v) for v in timings.values())
                                           if not record["cache"]["checkpoint_hit"] else None),
             })

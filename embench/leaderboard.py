@@ -85,14 +85,8 @@ def _how_made(group: Group) -> str:
     for r in recs:
         t, training = r.timings or {}, r.training or {}
         hit = bool((r.cache or {}).get("checkpoint_hit"))
-        train = float(training.get("fit_seconds", 0.0)) if hit else float(
-            t.get("train_seconds", 0.0))
-        # a fit resumed after an interruption times only its last process; the history's
-        # epochs (train_seconds) count every process that trained it
-        resumed = not hit and float(training.get("train_seconds", 0.0)) > train
-        if resumed:
-            train = float(training["train_seconds"])
-            resumed_runs += 1
+        train, resumed = r.training_time
+        resumed_runs += resumed
         decoder = float(((r.reconstruction or {}).get("retraining") or {}).get(
             "train_seconds", 0.0)) if hit else float(t.get("reconstruction_seconds", 0.0))
         stages = {"data": float(t.get("data_seconds", 0.0)), "train": train,

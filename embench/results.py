@@ -243,6 +243,12 @@ class RunRecord:
                            self.metric, version=self.embench_version)
 
     @property
+    def training_time(self) -> tuple[float, bool]:
+        """Seconds its encoder took to train, and whether the fit was resumed
+        (:func:`training_time`)."""
+        return training_time(self.timings, self.training, self.cache)
+
+    @property
     def still_improving(self) -> bool:
         """Whether the encoder's training was still improving when its epoch cap stopped it.
 
@@ -300,6 +306,32 @@ class RunRecord:
 
 
 _BOOKKEEPING = frozenset({"extra", "absent"})
+
+
+def training_time(timings: dict[str, Any] | None, training: dict[str, Any] | None,
+                  cache: dict[str, Any] | None) -> tuple[float, bool]:
+    """Seconds the record's encoder took to train, and whether its fit was resumed.
+
+    The fit's own wall time: the run's training stage (``timings.train_seconds``) when it
+    trained here, or the stored ``training.fit_seconds`` when it reused a checkpoint (its
+    training stage then only loaded it). A fit resumed after an interruption timed only its
+    last process; its history's epochs (``training.train_seconds``) count every process, so
+    the larger of the two is the fit's time and the fit is reported as resumed.
+
+    Takes the record's JSON fields, so records read as plain JSON (any schema) share the rule
+    with :attr:`RunRecord.training_time`.
+
+        >>> training_time({"train_seconds": 600.0}, {"train_seconds": 1500.0}, {})
+        (1500.0, True)
+        >>> training_time({"train_seconds": 2.0}, {"fit_seconds": 900.0, "train_seconds": 880.0},
+        ...               {"checkpoint_hit": True})
+        (900.0, False)
+    """
+    timings, training = timings or {}, training or {}
+    hit = bool((cache or {}).get("checkpoint_hit"))
+    own = float((training.get("fit_seconds") if hit else timings.get("train_seconds")) or 0.0)
+    epochs = float(training.get("train_seconds") or 0.0)
+    return max(own, epochs), epochs > own
 
 
 def _json_default(value: Any) -> Any:

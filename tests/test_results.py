@@ -19,6 +19,7 @@ from embench.results import (
     read_predictions,
     sidecar_path,
     train_fingerprint,
+    training_time,
     write_predictions,
     write_record,
 )
@@ -132,3 +133,22 @@ def test_a_missing_or_broken_sidecar_is_one_clear_error(tmp_path):
     broken.write_bytes(b"not a zip")
     with pytest.raises(DataError, match="cannot be read"):
         read_predictions(broken)
+
+
+def test_training_time_counts_a_resumed_fit_over_every_process_and_a_reused_one_as_trained():
+    # trained here in one process: the run's training stage
+    assert training_time({"train_seconds": 610.0}, {"fit_seconds": 600.0, "train_seconds": 590.0},
+                         {}) == (610.0, False)
+    # resumed: the last process trained 10 minutes, the history's epochs 44
+    assert training_time({"train_seconds": 600.0}, {"fit_seconds": 598.0,
+                                                    "train_seconds": 2640.0},
+                         {"checkpoint_hit": False}) == (2640.0, True)
+    # a reused checkpoint: its stage only loaded it; the stored fit is the training time
+    assert training_time({"train_seconds": 1.5}, {"fit_seconds": 1500.0, "train_seconds": 1440.0},
+                         {"checkpoint_hit": True}) == (1500.0, False)
+    # an encoder that needs no training: the stage's time, and nothing resumed
+    assert training_time({"train_seconds": 3.0}, {}, {}) == (3.0, False)
+    # the committed P. AE record was resumed once across sessions: 44 minutes, not 22
+    board = Path(__file__).parents[1] / "leaderboard" / "results" / "lunarlander"
+    seconds, resumed = load_record(next(board.glob("p_ae-z64-seed0-third-*.json"))).training_time
+    assert resumed and round(seconds / 60) == 44
