@@ -83,7 +83,7 @@ def _how_made(group: Group) -> str:
                + (f" --precision {group.precision}" if group.precision != "fp32" else ""))
     rows, total, reused, embeddings_reused, resumed_runs = [], 0.0, 0, 0, 0
     for r in recs:
-        t, training = r.timings or {}, r.training or {}
+        t = r.timings or {}
         hit = bool((r.cache or {}).get("checkpoint_hit"))
         train, resumed = r.training_time
         resumed_runs += resumed

@@ -244,8 +244,10 @@ class RunRecord:
 
     @property
     def training_time(self) -> tuple[float, bool]:
-        """Seconds its encoder took to train, and whether the fit was resumed
-        (:func:`training_time`)."""
+        """Seconds its encoder took to train, and whether the fit was resumed.
+
+        See :func:`training_time`, which reads the same fields of a record's JSON.
+        """
         return training_time(self.timings, self.training, self.cache)
 
     @property
