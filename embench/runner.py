@@ -461,6 +461,49 @@ def probe_stage(task: Any, cached: dict[str, dict[str, np.ndarray]], preset_sett
     return search, score_probes(task, search, X[TEST], y[TEST], y[PROBE_TRAIN])
 
 
+def record_probe_settings(record: RunRecord) -> tuple[dict[str, Any], list[str]]:
+    """The probe budgets a record's protocol fixes, and each one the record claims otherwise.
+
+    What reruns a record's probe search (``embench verify``, a submission's check) reads its
+    settings here: the protocol's preset decides (``probe_epochs``, ``batch_size``); a record
+    too old to carry a budget in its protocol falls back on what its probes say they used.
+    A record whose probes claim other budgets than its protocol's is not a run of that
+    protocol: the second item names each such setting.
+    """
+    preset = record.protocol.get("preset") or record.preset_config
+    wanted = {"max_epochs": preset.get("probe_epochs"), "batch_size": preset.get("batch_size")}
+    used = (record.probes or {}).get("settings", {})
+    problems = []
+    for name, value in wanted.items():
+        if value is None:
+            wanted[name] = used.get(name)
+        elif name in used and used[name] != value:
+            problems.append(f"probes.settings.{name}: claimed {used[name]} against {value} in "
+                            "the record's protocol")
+    return wanted, problems
+
+
+def metric_problems(claimed: dict[str, Any], recomputed: dict[str, Any],
+                    tolerance: float) -> list[str]:
+    """One line per test metric whose recomputed value differs from the claim by > tolerance.
+
+    Metrics missing from ``recomputed`` are not compared (an older record's extras).
+    """
+    problems = []
+    for name, value in claimed.items():
+        if name not in recomputed:
+            continue
+        again = float(recomputed[name])
+        if not abs(float(value) - again) <= tolerance:
+            problems.append(f"test.{name}: claimed {_number(float(value))} against recomputed "
+                            f"{_number(again)} (tolerance {tolerance:g})")
+    return problems
+
+
+def _number(value: float) -> str:
+    return f"{value:.8g}"
+
+
 def protocol_fields(task_name: str, task: Any, data: TaskData, preset: Preset) -> dict[str, Any]:
     """What makes two records comparable, with its fingerprint (known before any training)."""
     # deferred: embench.probes imports torch (~2 s), as in probe_stage

@@ -31,7 +31,7 @@ from embench.protocols import PROBE_TRAIN, PROBE_VAL, TEST
 from embench.records import BUNDLE_SUFFIX, board_results, files_of, load_records
 from embench.registry import load_task
 from embench.results import RunRecord, load_record, read_predictions, sidecar_path
-from embench.runner import probe_stage
+from embench.runner import metric_problems, probe_stage, record_probe_settings
 from embench.storage import atomic_path, resolve_home
 
 #: The splits the probe search reads (the autoencoder's splits are not needed to verify).
@@ -152,10 +152,6 @@ class BundleCheck:
         return f"{self.record}: {'; '.join(self.problems)}"
 
 
-def _number(value: float) -> str:
-    return f"{value:.8g}"
-
-
 def _read_bundle(path: Path, record: RunRecord) -> tuple[dict[str, dict[str, np.ndarray]] | None,
                                                          str | None]:
     """The bundle's splits, or the reason it does not belong to ``record`` or cannot be used."""
@@ -249,38 +245,19 @@ def _verify(check: BundleCheck, tolerance: float, progress: Any, schema_only: bo
     if cached is None:
         check.problems.append(str(problem))
         return
-    settings = _probe_settings(record, check)
+    settings, problems = record_probe_settings(record)
+    check.problems += problems
     sidecar = read_predictions(sidecar_path(check.record))
     task = load_task(record.task)
     search, scores = probe_stage(task, cached, settings, record.seed, record.device, progress)
     check.verified = True
-    for name, claimed in record.test.items():
-        if name not in scores.test:
-            continue
-        recomputed = float(scores.test[name])
-        if not abs(float(claimed) - recomputed) <= tolerance:
-            check.problems.append(f"test.{name}: claimed {_number(float(claimed))} against "
-                                  f"recomputed {_number(recomputed)} (tolerance {tolerance:g})")
+    check.problems += metric_problems(record.test, scores.test, tolerance)
     selected = search.to_dict()
     for key in SELECTION_KEYS:
         if key in record.probes and record.probes[key] != selected.get(key):
             check.problems.append(f"probes.{key}: claimed {record.probes[key]} against "
                                   f"recomputed {selected.get(key)}")
     _check_predictions(check, record, sidecar, cached[TEST]["labels"], scores.predicted)
-
-
-def _probe_settings(record: RunRecord, check: BundleCheck) -> dict[str, Any]:
-    """The probe budgets of the record's protocol (refusing a record that used others)."""
-    preset = record.protocol.get("preset") or record.preset_config
-    wanted = {"max_epochs": preset.get("probe_epochs"), "batch_size": preset.get("batch_size")}
-    used = (record.probes or {}).get("settings", {})
-    for name, value in wanted.items():
-        if value is None:
-            wanted[name] = used.get(name)
-        elif name in used and used[name] != value:
-            check.problems.append(f"probes.settings.{name}: claimed {used[name]} against "
-                                  f"{value} in the record's protocol")
-    return wanted
 
 
 def _check_predictions(check: BundleCheck, record: RunRecord, sidecar: Any, labels: np.ndarray,

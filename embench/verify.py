@@ -21,7 +21,14 @@ from embench.errors import ConfigError, DataError
 from embench.presets import PRESETS, preset_from_record, registered
 from embench.registry import get_plugin, load_task
 from embench.results import RunRecord
-from embench.runner import Log, RunConfig, probe_stage, run
+from embench.runner import (
+    Log,
+    RunConfig,
+    metric_problems,
+    probe_stage,
+    record_probe_settings,
+    run,
+)
 from embench.storage import resolve_home
 
 
@@ -37,8 +44,7 @@ class Verification:
     @property
     def matches(self) -> bool:
         """True when every metric agrees within the tolerance."""
-        return all(abs(self.stored[k] - self.recomputed[k]) <= self.tolerance
-                   for k in self.stored)
+        return not metric_problems(self.stored, self.recomputed, self.tolerance)
 
 
 def verify_record(
@@ -90,13 +96,12 @@ def verify_record(
     if cached is None:
         raise DataError(f"The embedding cache of this record ({path}) is not in {home}.",
                         "Use --home with the run's home, or --full to rerun everything.")
-    task = load_task(record.task)
-    settings = record.probes.get("settings", {})
-    preset = record.preset_config
-    _, scores = probe_stage(
-        task, cached,
-        {"max_epochs": settings.get("max_epochs", preset.get("probe_epochs", 500)),
-         "batch_size": settings.get("batch_size", preset.get("batch_size", 512))},
-        record.seed, record.device, progress)
+    settings, problems = record_probe_settings(record)
+    if problems:
+        raise DataError(f"This record's probes did not use its protocol's budgets "
+                        f"({'; '.join(problems)}), so its numbers are not that protocol's.",
+                        "Rerun it (embench run --retrain) to get a record of its protocol.")
+    _, scores = probe_stage(load_task(record.task), cached, settings, record.seed,
+                            record.device, progress)
     recomputed = {k: scores.test[k] for k in stored if k in scores.test}
     return Verification({k: stored[k] for k in recomputed}, recomputed, tolerance, "probes")

@@ -100,6 +100,21 @@ def test_a_hand_edited_metric_is_rejected(runs, tmp_path):
     assert "test.linear" not in line  # only the edited metric is named
 
 
+def test_probe_budgets_other_than_the_protocols_are_refused_by_both_checks(runs, tmp_path):
+    """The bundle check and `embench verify` read a record's probe budgets the same way."""
+    record = _submit(runs, "pca", tmp_path / "board")
+    data = json.loads(record.read_text())
+    epochs = data["probes"]["settings"]["max_epochs"]
+    data["probes"]["settings"]["max_epochs"] = epochs + 5  # claims a longer search
+    record.write_text(json.dumps(data))
+    _rejection(_check(tmp_path / "board"), record,
+               f"probes.settings.max_epochs: claimed {epochs + 5} against {epochs}")
+    result = CliRunner().invoke(main, ["verify", str(record), "--home", str(runs["home"])])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "did not use its protocol's budgets" in result.output
+    assert f"probes.settings.max_epochs: claimed {epochs + 5}" in result.output
+
+
 def test_an_edited_prediction_is_rejected(runs, tmp_path):
     record = _submit(runs, "pca", tmp_path / "board")
     sidecar = record.with_name(record.stem + ".predictions.npz")
