@@ -28,6 +28,7 @@ record is committed at once with it.
 Usage:
     python benchmarks/scale_study.py run [--commit] [--scales third,half,paper]
     python benchmarks/scale_study.py report      # table, plot, README block from the board
+    python benchmarks/scale_study.py status      # where the unfinished fits in the home stand
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ from pathlib import Path
 from embench.board_marks import BoardRuns
 from embench.compare import item_values
 from embench.paired import paired_test
-from embench.protocols import convergence_verdict
+from embench.protocols import convergence_verdict, patience_for
 from embench.records import BUNDLE_SUFFIX
 from embench.results import load_record, training_time
+from embench.storage import resolve_home
 
 ROOT = Path(__file__).resolve().parents[1]
 BOARD = ROOT / "leaderboard"
@@ -314,6 +316,33 @@ def report() -> int:
     return 0
 
 
+def status(home: Path, cap: int) -> list[str]:
+    """One line per unfinished (resumable) fit in ``home``: where it stands and what is left.
+
+    A fit saves its state at every epoch end (``checkpoints/ENCODER/KEY.resume/``); the line
+    gives its finished epochs, best validation loss, epochs since that best against the
+    patience, the mean of its last three epochs' times and the most time left to the cap.
+    """
+    lines = []
+    for state_file in sorted(home.glob("checkpoints/*/*.resume/train-state.json")):
+        state = json.loads(state_file.read_text())["state"]
+        history = state["history"]
+        if not history:
+            continue
+        recent = [h["seconds"] for h in history[-3:]]
+        per_epoch = sum(recent) / len(recent)
+        done, patience = len(history), patience_for(cap)
+        left = min(cap - done, patience - state["bad_epochs"])
+        lines.append(
+            f"{state_file.parent.parent.name} ({state_file.parent.name}): epoch {done}/{cap}, "
+            f"best validation loss {state['best_val_loss']:.6f} at epoch {state['best_epoch']}, "
+            f"{state['bad_epochs']} epoch(s) without improvement (patience {patience}); "
+            f"{per_epoch:.0f} s an epoch lately: it stops after {left} more epoch(s) "
+            f"({left * per_epoch / 60:.0f} min) unless it improves, and reaches the cap in "
+            f"{(cap - done) * per_epoch / 60:.0f} min at most")
+    return lines or [f"no unfinished fit in {home}"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -322,7 +351,12 @@ def main() -> int:
     go.add_argument("--commit", action="store_true", help="commit each finished record")
     go.add_argument("--device", default="cpu")
     sub.add_parser("report", help="table, plot and README block from the board's records")
+    where = sub.add_parser("status", help="where the unfinished fits in the home stand")
+    where.add_argument("--cap", type=int, default=50, help="the fits' epoch cap (50 from third)")
     args = parser.parse_args()
+    if args.command == "status":
+        print("\n".join(status(resolve_home(None), args.cap)))
+        return 0
     if args.command == "run":
         scales = args.scales.split(",")
         unknown = [s for s in scales if s not in SCALES or s == "quick"]

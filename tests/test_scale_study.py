@@ -146,3 +146,35 @@ def test_below_the_baseline_means_significantly_below_on_the_same_frames(study):
     # a record without its sidecar beside it: the point estimates decide
     by_value = {"test": {"mlp": 21.32, "baseline": 21.33}}
     assert study.below_baseline(by_value) == (True, "21.32 px")
+
+
+def test_status_says_where_an_interrupted_fit_stands(study, tmp_path, monkeypatch):
+    """A real AE fit killed after its second epoch: status reads its saved state."""
+    import numpy as np
+
+    import embench.encoders.autoencoder as autoencoder
+
+    class Killed(Exception):
+        pass
+
+    real_save, saved = autoencoder._save_train_state, []
+
+    def save_then_die_after_two(directory, run_key, state):
+        real_save(directory, run_key, state)
+        saved.append(1)
+        if len(saved) == 2:
+            raise Killed
+
+    monkeypatch.setattr(autoencoder, "_save_train_state", save_then_die_after_two)
+    images = np.random.default_rng(0).integers(0, 256, (36, 3, 64, 64), dtype=np.uint8)
+    resume = tmp_path / "checkpoints" / "ae" / "0123abcd.resume"
+    with pytest.raises(Killed):
+        autoencoder.AE(z_dim=4, batch_size=12, max_epochs=30, device="cpu").fit(
+            images[:24], images[24:], resume_dir=resume)
+    assert study.status(tmp_path / "empty", cap=30) == [f"no unfinished fit in {tmp_path / 'empty'}"]
+    [line] = study.status(tmp_path, cap=30)
+    state = json.loads((resume / "train-state.json").read_text())["state"]
+    assert line.startswith("ae (0123abcd.resume): epoch 2/30, best validation loss ")
+    assert f"at epoch {state['best_epoch']}, {state['bad_epochs']} epoch(s) without " in line
+    assert "(patience 10)" in line
+    assert f"stops after {10 - state['bad_epochs']} more epoch(s)" in line
