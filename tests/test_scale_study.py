@@ -171,7 +171,8 @@ def test_status_says_where_an_interrupted_fit_stands(study, tmp_path, monkeypatc
     with pytest.raises(Killed):
         autoencoder.AE(z_dim=4, batch_size=12, max_epochs=30, device="cpu").fit(
             images[:24], images[24:], resume_dir=resume)
-    assert study.status(tmp_path / "empty", cap=30) == [f"no unfinished fit in {tmp_path / 'empty'}"]
+    empty = tmp_path / "empty"
+    assert study.status(empty, cap=30) == [f"no unfinished fit in {empty}"]
     [line] = study.status(tmp_path, cap=30)
     state = json.loads((resume / "train-state.json").read_text())["state"]
     assert line.startswith("ae (0123abcd.resume): epoch 2/30, best validation loss ")
