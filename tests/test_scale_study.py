@@ -57,6 +57,7 @@ def board(study, tmp_path, monkeypatch):
         shutil.copy(path, archive)
     [p_vae] = (BOARD / "results" / "lunarlander").glob("p_vae-z64-seed0-third-*.json")
     shutil.copy(p_vae, results)
+    shutil.copy(p_vae.with_name(p_vae.stem + ".predictions.npz"), results)
     readme = tmp_path / "README.md"
     readme.write_text(f"# before\n{study.START}\nSTALE\n{study.END}\n# after\n")
     monkeypatch.setattr(study, "ARCHIVE", tmp_path / "leaderboard" / "archive")
@@ -111,7 +112,8 @@ def test_the_climb_skips_ae_and_vae_where_the_pair_already_disagrees(study, monk
     assert ran == [("third", "p_vae"), ("third", "p_ae"),  # P. VAE behind: AE and VAE skipped
                    ("half", "p_vae"), ("half", "p_ae"), ("half", "ae"), ("half", "vae")]
     out = capsys.readouterr().out
-    assert "third: P. VAE 7.30 px is behind P. AE 5.00 px; AE and VAE are not run" in out
+    assert ("third: P. VAE is behind P. AE (P. VAE 7.30 px vs P. AE 5.00 px); AE and VAE are "
+            "not run") in out
     assert "stopping at half: the board's scale" in out
     # the last scale of the climb runs all four, whatever the pair does
     ran.clear()
@@ -122,12 +124,13 @@ def test_the_climb_skips_ae_and_vae_where_the_pair_already_disagrees(study, monk
 
 def test_report_says_why_a_scale_has_no_ae_or_vae(study, board):
     # the committed P. AE run at third: stopped early, and resumed across two sessions
-    [p_ae] = (BOARD / "results" / "lunarlander").glob("p_ae-z64-seed0-third-*.json")
-    shutil.copy(p_ae, board / "leaderboard" / "results" / "lunarlander")
+    p_ae = _copy_record(study, "p_ae")
     study.report()
     readme = (board / "README.md").read_text()
+    # decided on the same test frames: P. VAE − P. AE's interval lies above 0
     assert ("- **third**: the paper's ordering does not hold (no: P. VAE 7.28 px vs P. AE 5.93 "
-            "px); AE and VAE are not run at this scale, since they cannot change that.") in readme
+            "px (+1.35 [+0.17, +2.51])); AE and VAE are not run at this scale, since they "
+            "cannot change that.") in readme
     # its training minutes sum every epoch across both processes, not only the last one's fit
     training = json.loads(p_ae.read_text())["training"]
     assert training["fit_seconds"] < training["train_seconds"]
@@ -179,3 +182,27 @@ def test_status_says_where_an_interrupted_fit_stands(study, tmp_path, monkeypatc
     assert f"at epoch {state['best_epoch']}, {state['bad_epochs']} epoch(s) without " in line
     assert "(patience 10)" in line
     assert f"stops after {10 - state['bad_epochs']} more epoch(s)" in line
+
+
+def test_p_vae_is_no_worse_unless_significantly_worse_on_the_same_frames(study, board):
+    """A gap within the noise of the same test frames counts as a tie, as on the board."""
+    _copy_record(study, "p_ae")
+    found = study.seed0_records()
+    pair = {e: found["third", e] for e in ("p_vae", "p_ae")}
+    assert study.pair_no_worse(pair) == (
+        False, "P. VAE 7.28 px vs P. AE 5.93 px (+1.35 [+0.17, +2.51])")
+    # the same predictions on both sides: no difference, so no worse
+    same = {"p_vae": found["third", "p_ae"], "p_ae": found["third", "p_ae"]}
+    assert study.pair_no_worse(same) == (
+        True, "P. VAE 5.93 px vs P. AE 5.93 px (+0.00 [+0.00, +0.00])")
+    # records given by value (no sidecars): the point estimates decide
+    assert study.pair_no_worse(cells(5.9, 5.6, 20.0, 20.0)) == (
+        False, "P. VAE 5.90 px vs P. AE 5.60 px")
+
+
+def _copy_record(study, encoder: str) -> Path:
+    """Copy the committed third-scale record of ``encoder`` and its sidecar onto the board."""
+    [record] = (BOARD / "results" / "lunarlander").glob(f"{encoder}-z64-seed0-third-*.json")
+    shutil.copy(record, study.RESULTS)
+    shutil.copy(record.with_name(record.stem + ".predictions.npz"), study.RESULTS)
+    return record
