@@ -415,7 +415,9 @@ def demo_command(ae_epochs: int | None, rollouts: tuple[int, ...] | None, frames
               "(embench submit) and reject any metric, selection or prediction that does not "
               "come back.")
 @click.option("--schema-only", is_flag=True,
-              help="With --verify: accept records without a bundle on their schema alone.")
+              help="With --verify: accept records without a bundle on their schema alone. "
+              "(With --home, a record without a bundle is verified from that home's embedding "
+              "cache when it holds the record's embeddings.)")
 @click.option("--html/--no-html", default=True, show_default=True,
               help="Also write OUT/index.html, the browsable board.")
 @home_option
@@ -433,7 +435,7 @@ def leaderboard_command(directories: tuple[Path, ...], out_dir: Path, check: boo
         if not (check and verify):
             raise click.UsageError("--verify goes with --check, and --schema-only with both: "
                                    "embench leaderboard --check --verify DIR.")
-        _verify_board(dirs, schema_only)
+        _verify_board(dirs, schema_only, home)
         return
     loaded = load_records(dirs)
     console = _console()
@@ -456,17 +458,17 @@ def leaderboard_command(directories: tuple[Path, ...], out_dir: Path, check: boo
         console.print(f"browsable board written to {write_html(out_dir)}")
 
 
-def _verify_board(dirs: list[Path], schema_only: bool) -> None:
+def _verify_board(dirs: list[Path], schema_only: bool, home: Path | None) -> None:
     """``leaderboard --check --verify``: one line per record, exit 1 if any is rejected."""
     from embench.submission import verify_board  # deferred: see the note at the top
 
     with make_progress(err_console) as progress:
-        board = verify_board(dirs, schema_only=schema_only, progress=progress)
+        board = verify_board(dirs, schema_only=schema_only, progress=progress, home=home)
     console = _console()
     for check in board.checks:
         if check.accepted:
-            how = (f"verified from its bundle in {check.seconds:.1f} s" if check.verified
-                   else "schema only: no bundle")
+            how = (f"verified from {'its bundle' if check.source == 'bundle' else check.source}"
+                   f" in {check.seconds:.1f} s" if check.verified else "schema only: no bundle")
             console.print(f"[green]accepted[/green] {check.record} ({how})", soft_wrap=True,
                           highlight=False)
     for line in board.rejected:
@@ -484,13 +486,17 @@ def _verify_board(dirs: list[Path], schema_only: bool) -> None:
 @click.argument("record_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--board", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also copy the bundle into BOARD/results/<task>/, ready for a pull request.")
+@click.option("--max-mb", type=click.FloatRange(min=0), default=95.0, show_default=True,
+              help="Refuse an embeddings file larger than this (git hosts refuse big files: "
+              "GitHub's limit is 100 MB); 0: no limit.")
 @home_option
 @handle_errors
-def submit_command(record_path: Path, board: Path | None, home: Path | None) -> None:
+def submit_command(record_path: Path, board: Path | None, max_mb: float,
+                   home: Path | None) -> None:
     """Write RECORD's submission bundle: its probe embeddings beside it, for a board to verify."""
     from embench.submission import write_bundle  # deferred: see the note at the top
 
-    files = write_bundle(record_path, home=home, board=board)
+    files = write_bundle(record_path, home=home, board=board, max_mb=max_mb or None)
     size = sum(f.stat().st_size for f in files)
     console = _console()
     for path in files:

@@ -9,7 +9,8 @@ gzip-compressed HDF5). :func:`write_bundle` writes that file from the run's ``EM
 record's protocol, with the runner's own probe stage and scoring (the code ``embench verify``
 uses), and lists every metric, selected probe or prediction that does not come back;
 :func:`verify_board` does it for every record under some folders (``embench leaderboard
---check --verify``).
+--check --verify``). A bundle too large for a board in git (:data:`MAX_BUNDLE_MB`) is not
+written; the check then reruns such a record's search on an ``EMBENCH_HOME``'s embedding cache.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ BUNDLE_SPLITS = (PROBE_TRAIN, PROBE_VAL, TEST)
 TOLERANCE = 1e-6
 #: Per-item predictions agree when ``np.isclose`` with these says so (float32 rounding).
 PREDICTION_RTOL, PREDICTION_ATOL = 1e-4, 1e-4
+#: Largest bundle file ``embench submit`` writes by default, in MB: boards live in git, and git
+#: hosts refuse big files (GitHub: 100 MB a file). Frozen wide features reach it (AlexNet's conv2
+#: pooled to 1,728 numbers an image is about 340 MB compressed at the paper's LunarLander sizes).
+MAX_BUNDLE_MB = 95.0
 #: What the three names of the selection are called in a record's ``probes``.
 SELECTION_KEYS = ("best", "best_mlp", "best_linear")
 
@@ -58,7 +63,7 @@ def bundle_files(record_file: Path) -> list[Path]:
 
 
 def write_bundle(record_file: Path, home: Path | None = None, board: Path | None = None,
-                 compression: str = "gzip") -> list[Path]:
+                 compression: str = "gzip", max_mb: float | None = MAX_BUNDLE_MB) -> list[Path]:
     """Write a record's submission bundle from its run's embedding cache.
 
     Args:
@@ -67,13 +72,16 @@ def write_bundle(record_file: Path, home: Path | None = None, board: Path | None
         board: also copy the bundle (record, sidecar, pictures, embeddings) into this board's
             ``results/<task>/``, ready for a pull request.
         compression: ``gzip`` (portable) or ``lzf`` (faster, larger).
+        max_mb: refuse (and remove) an embeddings file larger than this many MB (``None``:
+            no limit). Such a record can still join a board without its bundle; the board's
+            check then verifies it from an ``EMBENCH_HOME`` that caches its embeddings.
 
     Returns:
         The bundle's files (in ``board`` when given).
 
     Raises:
-        DataError: the record is invalid, has no sidecar, or its embeddings are not cached
-            in ``home``.
+        DataError: the record is invalid, has no sidecar, its embeddings are not cached
+            in ``home``, or the bundle would be larger than ``max_mb``.
 
     Example:
         >>> write_bundle(Path("results/lunarlander/pca-z4-seed0-smoke-af5fe0ab29a7.json"))
@@ -89,12 +97,13 @@ def write_bundle(record_file: Path, home: Path | None = None, board: Path | None
     home = resolve_home(home)
     key = record.fingerprints["embeddings"]
     path = cache_path(home, record.encoder, record.task, key)
-    cached = read_cache(path, key, _split_sizes(record))
+    cached = _cached_embeddings(record, home)
     if cached is None:
         raise DataError(f"The embeddings of {record_file.name} ({path.name}) are not cached in "
                         f"{home}.", "Pass --home with the EMBENCH_HOME of the run, or rerun "
                         "the run there (its checkpoint is reused).")
-    with write_store(bundle_path(record_file), key, fingerprint_attr=KEY_ATTR) as h5:
+    target_file = bundle_path(record_file)
+    with write_store(target_file, key, fingerprint_attr=KEY_ATTR) as h5:
         for split in BUNDLE_SPLITS:
             group = h5.create_group(split)
             for name in ("embeddings", "labels"):
@@ -108,6 +117,18 @@ def write_bundle(record_file: Path, home: Path | None = None, board: Path | None
         h5.attrs["protocol"] = record.protocol_id
         h5.attrs["data"] = record.fingerprints["data"]
         h5.attrs["encoder"] = record.encoder
+    size = target_file.stat().st_size
+    if max_mb is not None and size > max_mb * 1e6:
+        target_file.unlink()
+        rows = sum(int(cached[split]["embeddings"].shape[0]) for split in BUNDLE_SPLITS)
+        width = int(np.asarray(cached[TEST]["embeddings"]).shape[1])
+        raise DataError(
+            f"The bundle of {record_file.name} would be {size / 1e6:.0f} MB ({rows:,} rows of "
+            f"{width:,} floats), over the {max_mb:g} MB limit for a file on a board in git "
+            "(GitHub refuses files over 100 MB); nothing was written.",
+            "Publish the record without its bundle (a board checks it with `embench leaderboard "
+            "--check --verify --home HOME`, HOME caching its embeddings), or pass --max-mb 0 "
+            "for a board that stores large files.")
     files = bundle_files(record_file)
     if board is None:
         return files
@@ -125,6 +146,14 @@ def _split_sizes(record: RunRecord) -> dict[str, int]:
             if split in record.split_sizes}
 
 
+def _cached_embeddings(record: RunRecord,
+                       home: Path) -> dict[str, dict[str, np.ndarray]] | None:
+    """The probe splits of the record's run from ``home``'s embedding cache, or ``None``."""
+    key = record.fingerprints["embeddings"]
+    return read_cache(cache_path(home, record.encoder, record.task, key), key,
+                      _split_sizes(record))
+
+
 @dataclass
 class BundleCheck:
     """The verdict on one record: accepted, or the reasons, each ``what: claimed vs recomputed``.
@@ -132,14 +161,17 @@ class BundleCheck:
     Attributes:
         record: the record file.
         problems: why it is rejected (empty: accepted).
-        verified: its probe search was rerun from a bundle (else: schema only, or rejected
-            before it could be).
+        verified: its probe search was rerun (else: schema only, or rejected before it could
+            be).
+        source: where the embeddings it was rerun on came from: ``"bundle"``, or the
+            embedding cache of an ``EMBENCH_HOME`` (for a record published without a bundle).
         seconds: how long the check took.
     """
 
     record: Path
     problems: list[str] = field(default_factory=list)
     verified: bool = False
+    source: str = "bundle"
     seconds: float = 0.0
 
     @property
@@ -195,7 +227,7 @@ def _read_bundle(path: Path, record: RunRecord) -> tuple[dict[str, dict[str, np.
 
 
 def verify_bundle(record_file: Path, *, tolerance: float = TOLERANCE, progress: Any = None,
-                  schema_only: bool = False) -> BundleCheck:
+                  schema_only: bool = False, home: Path | None = None) -> BundleCheck:
     """Rerun a record's probe search from its bundle and check every claim it makes.
 
     The record must be consistent with its own fingerprints; its bundle must hold the
@@ -209,6 +241,9 @@ def verify_bundle(record_file: Path, *, tolerance: float = TOLERANCE, progress: 
         tolerance: the largest allowed difference per test metric.
         progress: a rich Progress for the probe search's bars (``None``: silent).
         schema_only: accept a record without a bundle on its schema alone.
+        home: for a record without a bundle (one too large to publish, see
+            :data:`MAX_BUNDLE_MB`), rerun the search on the embeddings this ``EMBENCH_HOME``
+            caches under the record's embeddings fingerprint (``None``: bundles only).
 
     Returns:
         The verdict, with one reason per claim that did not come back.
@@ -220,31 +255,41 @@ def verify_bundle(record_file: Path, *, tolerance: float = TOLERANCE, progress: 
     start = time.perf_counter()
     check = BundleCheck(Path(record_file))
     try:
-        _verify(check, tolerance, progress, schema_only)
+        _verify(check, tolerance, progress, schema_only, home)
     except EmbenchError as exc:  # a task that is not installed, a broken sidecar, ...
         check.problems.append(str(exc).splitlines()[0])
     check.seconds = time.perf_counter() - start
     return check
 
 
-def _verify(check: BundleCheck, tolerance: float, progress: Any, schema_only: bool) -> None:
+def _verify(check: BundleCheck, tolerance: float, progress: Any, schema_only: bool,
+            home: Path | None) -> None:
     record = load_record(check.record)
     problems = record.consistency_problems()
     if problems:
         check.problems += problems
         return
     bundle = bundle_path(check.record)
-    if not bundle.exists():
-        if not schema_only:
-            check.problems.append(
-                f"no submission bundle ({bundle.name} is missing): run `embench submit "
-                f"{check.record.name}` where its embeddings are cached and add the file, or "
-                "check with --schema-only")
-        return
-    cached, problem = _read_bundle(bundle, record)
-    if cached is None:
-        check.problems.append(str(problem))
-        return
+    if bundle.exists():
+        cached, problem = _read_bundle(bundle, record)
+        if cached is None:
+            check.problems.append(str(problem))
+            return
+    else:
+        cached = None if home is None else _cached_embeddings(record, home)
+        if cached is None:
+            if not schema_only:
+                where = ("" if home is None
+                         else f" and {home} does not cache its embeddings")
+                check.problems.append(
+                    f"no submission bundle ({bundle.name} is missing{where}): run `embench "
+                    f"submit {check.record.name}` where its embeddings are cached and add the "
+                    "file, pass --home with an EMBENCH_HOME that caches them (rerunning the "
+                    "record's run there makes them), or check with --schema-only")
+            return
+        check.source = f"the embedding cache in {home}"
+        cached = {split: {"embeddings": np.asarray(cached[split]["embeddings"], np.float32),
+                          "labels": cached[split]["labels"]} for split in BUNDLE_SPLITS}
     settings, problems = record_probe_settings(record)
     check.problems += problems
     sidecar = read_predictions(sidecar_path(check.record))
@@ -319,7 +364,7 @@ class BoardCheck:
 
 
 def verify_board(directories: list[Path], *, schema_only: bool = False,
-                 tolerance: float = TOLERANCE, progress: Any = None,
+                 tolerance: float = TOLERANCE, progress: Any = None, home: Path | None = None,
                  on_check: Callable[[BundleCheck], None] = lambda check: None) -> BoardCheck:
     """Check every record under ``directories`` against its bundle (a board's CI check).
 
@@ -328,6 +373,8 @@ def verify_board(directories: list[Path], *, schema_only: bool = False,
         schema_only: accept records without a bundle on their schema alone.
         tolerance: the largest allowed difference per test metric.
         progress: a rich Progress for the probe searches.
+        home: an ``EMBENCH_HOME`` whose embedding cache stands in for missing bundles
+            (:func:`verify_bundle`).
         on_check: called with each record's verdict as it comes.
 
     Returns:
@@ -337,7 +384,7 @@ def verify_board(directories: list[Path], *, schema_only: bool = False,
     board = BoardCheck(refused=list(loaded.problems), duplicates=loaded.duplicates)
     for path in loaded.paths:
         check = verify_bundle(path, tolerance=tolerance, progress=progress,
-                              schema_only=schema_only)
+                              schema_only=schema_only, home=home)
         board.checks.append(check)
         on_check(check)
     return board

@@ -168,6 +168,40 @@ def test_a_record_without_a_bundle_is_rejected_unless_schema_only(runs, tmp_path
     assert "1 accepted on their schema only" in result.output
 
 
+def test_a_record_without_a_bundle_is_verified_from_a_home_caching_its_embeddings(runs,
+                                                                                  tmp_path):
+    board = tmp_path / "board"
+    record = _submit(runs, "pca", board)
+    bundle_path(record).unlink()  # published without it, as a bundle over the size limit is
+    result = _check(board, "--home", str(runs["home"]))
+    assert result.exit_code == 0, result.output
+    assert f"verified from the embedding cache in {runs['home']}" in result.output
+    assert "1 record(s) verified" in result.output
+    empty = tmp_path / "empty-home"
+    empty.mkdir()
+    _rejection(_check(board, "--home", str(empty)), record, "no submission bundle",
+               "does not cache its embeddings", "--home")
+    data = json.loads(record.read_text())  # the cache is checked like a bundle: a claim that
+    data["test"]["mlp"] += 0.5  # does not come back is rejected
+    record.write_text(json.dumps(data))
+    _rejection(_check(board, "--home", str(runs["home"])), record, "test.mlp: claimed")
+
+
+def test_a_bundle_over_the_size_limit_is_refused_and_nothing_is_left(runs, tmp_path,
+                                                                      one_line_error):
+    from embench.submission import MAX_BUNDLE_MB
+
+    board = tmp_path / "board"
+    result = CliRunner().invoke(main, ["submit", str(runs["pca"]), "--home", str(runs["home"]),
+                                       "--board", str(board), "--max-mb", "0.001"])
+    one_line_error(result, runs["pca"].name, "MB limit", "GitHub", "--max-mb 0")
+    assert not bundle_path(runs["pca"]).exists()
+    assert not (board / "results").exists()
+    option = next(p for p in main.commands["submit"].params if p.name == "max_mb")
+    assert option.default == MAX_BUNDLE_MB
+    _submit(runs, "pca", board)  # under the default limit, the same record goes through
+
+
 def test_submit_without_the_cached_embeddings_says_where_to_look(runs, tmp_path,
                                                                  one_line_error):
     result = CliRunner().invoke(main, ["submit", str(runs["pca"]), "--home",
