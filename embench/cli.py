@@ -413,11 +413,10 @@ def demo_command(ae_epochs: int | None, rollouts: tuple[int, ...] | None, frames
 @click.option("--verify", is_flag=True,
               help="With --check: rerun every record's probe search from its submission bundle "
               "(embench submit) and reject any metric, selection or prediction that does not "
-              "come back.")
+              "come back. With --home, a record without a bundle is rerun on that home's "
+              "embedding cache when it holds the record's embeddings.")
 @click.option("--schema-only", is_flag=True,
-              help="With --verify: accept records without a bundle on their schema alone. "
-              "(With --home, a record without a bundle is verified from that home's embedding "
-              "cache when it holds the record's embeddings.)")
+              help="With --verify: accept records without a bundle on their schema alone.")
 @click.option("--html/--no-html", default=True, show_default=True,
               help="Also write OUT/index.html, the browsable board.")
 @home_option
