@@ -107,10 +107,7 @@ def write_bundle(record_file: Path, home: Path | None = None, board: Path | None
         for split in BUNDLE_SPLITS:
             group = h5.create_group(split)
             for name in ("embeddings", "labels"):
-                values = np.asarray(cached[split][name])
-                if name == "embeddings":
-                    values = values.astype(np.float32, copy=False)
-                group.create_dataset(name, data=values, compression=compression,
+                group.create_dataset(name, data=cached[split][name], compression=compression,
                                      shuffle=True)
         h5.attrs["record"] = record_file.name
         h5.attrs["run"] = record.run_key
@@ -121,7 +118,7 @@ def write_bundle(record_file: Path, home: Path | None = None, board: Path | None
     if max_mb is not None and size > max_mb * 1e6:
         target_file.unlink()
         rows = sum(int(cached[split]["embeddings"].shape[0]) for split in BUNDLE_SPLITS)
-        width = int(np.asarray(cached[TEST]["embeddings"]).shape[1])
+        width = int(cached[TEST]["embeddings"].shape[1])
         raise DataError(
             f"The bundle of {record_file.name} would be {size / 1e6:.0f} MB ({rows:,} rows of "
             f"{width:,} floats), over the {max_mb:g} MB limit for a file on a board in git "
@@ -148,10 +145,17 @@ def _split_sizes(record: RunRecord) -> dict[str, int]:
 
 def _cached_embeddings(record: RunRecord,
                        home: Path) -> dict[str, dict[str, np.ndarray]] | None:
-    """The probe splits of the record's run from ``home``'s embedding cache, or ``None``."""
+    """The probe splits of the record's run from ``home``'s embedding cache, or ``None``.
+
+    Embeddings come as float32, as a bundle stores them and the probe search reads them.
+    """
     key = record.fingerprints["embeddings"]
-    return read_cache(cache_path(home, record.encoder, record.task, key), key,
-                      _split_sizes(record))
+    cached = read_cache(cache_path(home, record.encoder, record.task, key), key,
+                        _split_sizes(record))
+    if cached is None:
+        return None
+    return {split: {"embeddings": np.asarray(cached[split]["embeddings"], np.float32),
+                    "labels": np.asarray(cached[split]["labels"])} for split in BUNDLE_SPLITS}
 
 
 @dataclass
@@ -288,8 +292,6 @@ def _verify(check: BundleCheck, tolerance: float, progress: Any, schema_only: bo
                     "record's run there makes them), or check with --schema-only")
             return
         check.source = f"the embedding cache in {home}"
-        cached = {split: {"embeddings": np.asarray(cached[split]["embeddings"], np.float32),
-                          "labels": cached[split]["labels"]} for split in BUNDLE_SPLITS}
     settings, problems = record_probe_settings(record)
     check.problems += problems
     sidecar = read_predictions(sidecar_path(check.record))
