@@ -72,6 +72,10 @@ def device_kind(device: str) -> str:
 def group_records(records: list[RunRecord]) -> list[Group]:
     """Group records by (task, protocol, device kind, precision), in a stable order.
 
+    Within a task the protocol with the most data comes first (the sum of its split sizes), so
+    a board that also keeps smaller scales leads with the one it was made at; ties fall back
+    to protocol, device kind and precision.
+
     Device and precision are not part of the protocol fingerprint (a run's protocol is what
     it measures), but a bf16 or a GPU run is not the same measurement as a CPU fp32 one: it
     gets its own table, and never supersedes or averages with the other.
@@ -86,8 +90,13 @@ def group_records(records: list[RunRecord]) -> list[Group]:
         cell = (record.encoder, record.z_dim, record.seed)
         key = (record.task, record.protocol_id, device_kind(record.device), record.precision)
         groups[key][cell].append(record)
+    def order(item: tuple[tuple[str, str, str, str], dict]) -> tuple:
+        (task, proto, device, precision), cells = item
+        first = next(iter(cells.values()))[0]
+        return task, -sum(first.split_sizes.values()), proto, device, precision
+
     out = []
-    for (task, proto, device, precision), cells in sorted(groups.items()):
+    for (task, proto, device, precision), cells in sorted(groups.items(), key=order):
         newest = [max(recs, key=lambda r: r.created) for _, recs in sorted(cells.items())]
         superseded = sum(len(recs) - 1 for recs in cells.values())
         out.append(Group(task, proto, newest, superseded, device, precision))

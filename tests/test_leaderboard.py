@@ -218,6 +218,23 @@ def test_a_bf16_or_gpu_record_never_supersedes_or_averages_with_cpu_fp32():
     assert "device cpu · precision bf16" in text and "device cuda:1 · precision fp32" in text
 
 
+def test_the_protocol_with_the_most_data_leads_its_task():
+    """The board's scale first, whatever the protocol ids sort as; each task on its own."""
+    small = [make_record("ae", 32, 0, 13.0, 14.0, preset="quick"),
+             make_record("ae", 32, 0, 10.0, 11.0, preset="quick", task="other")]
+    big = []
+    for preset in ("paper", "third"):
+        record = make_record("ae", 32, 0, 9.0, 10.0, preset=preset)
+        record["split_sizes"] = {"probe_train": 1000 if preset == "paper" else 500, "test": 300}
+        big.append(record)
+    groups = group_records(small + big)
+    assert [(g.task, g.records[0].preset) for g in groups] == [
+        ("lunarlander", "paper"), ("lunarlander", "third"), ("lunarlander", "quick"),
+        ("other", "quick")]
+    text = render_markdown(small + big)
+    assert text.index("preset paper") < text.index("preset third") < text.index("preset quick")
+
+
 def _recon_group(records):
     (group,) = group_records(records)
     return group
