@@ -145,8 +145,9 @@ def render_html(records: list[RunRecord], *, results_dir: Path | None,
             body.append(f"<p>{len(task_groups)} protocols were found for this task (different "
                         "presets, data, metric, device kind or precision); they are shown "
                         "separately and never ranked against each other.</p>")
-        for g in task_groups:
-            section, details = _group_html(g, runs, results_dir, plots.get(task), pairs)
+        for i, g in enumerate(task_groups):  # the task's plot shows its first group only
+            section, details = _group_html(g, runs, results_dir,
+                                           plots.get(task) if i == 0 else None, pairs)
             body.append(section)
             templates += details
         body.append("</section>")

@@ -194,7 +194,7 @@ def render_markdown(records: list[RunRecord], plots: dict[str, str] | None = Non
             out += ["", f"{len(task_groups)} protocols were found for this task (different "
                     "presets, data, metric, device kind or precision); they are shown "
                     "separately and never ranked against each other."]
-        for g in task_groups:
+        for i, g in enumerate(task_groups):
             metric = g.metric
             direction = "lower is better" if metric["direction"] == "lower" else \
                 "higher is better"
@@ -206,7 +206,7 @@ def render_markdown(records: list[RunRecord], plots: dict[str, str] | None = Non
                 legend = marks.legend()
                 if legend:
                     out += ["", legend]
-            if task in plots:
+            if task in plots and i == 0:  # the task's plot shows its first group only
                 out += ["", f"![{task}: test metric vs z]({plots[task]})"]
             comparisons = _comparisons_block(g, pairs, runs, ("mlp", "linear"),
                                              BOARD_RESAMPLES, 0)
@@ -233,7 +233,11 @@ def render_markdown(records: list[RunRecord], plots: dict[str, str] | None = Non
 
 
 def render_plots(records: list[RunRecord], out_dir: Path) -> dict[str, str]:
-    """One PNG per task: MLP test metric vs z, one line per encoder. Returns task -> file name."""
+    """One PNG per task: MLP test metric vs z, one line per encoder. Returns task -> file name.
+
+    It plots the task's first protocol group (the one with the most data), is titled with
+    that group's preset, and the board shows it under that group only.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -252,7 +256,8 @@ def render_plots(records: list[RunRecord], out_dir: Path) -> dict[str, str]:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("z size")
         ax.set_ylabel(f"test {group.metric['name']} (best MLP)")
-        ax.set_title(group.task)
+        presets = ", ".join(sorted({r.preset for r in group.records}))
+        ax.set_title(f"{group.task} (preset {presets})")
         ax.legend()
         fig.tight_layout()
         name = f"{group.task}.png"

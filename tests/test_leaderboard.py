@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from embench.board_html import render_html
 from embench.cli import main
 from embench.leaderboard import (
     best_reconstructions,
@@ -231,8 +232,16 @@ def test_the_protocol_with_the_most_data_leads_its_task():
     assert [(g.task, g.records[0].preset) for g in groups] == [
         ("lunarlander", "paper"), ("lunarlander", "third"), ("lunarlander", "quick"),
         ("other", "quick")]
-    text = render_markdown(small + big)
+    text = render_markdown(small + big, plots={"lunarlander": "lunarlander.png"})
     assert text.index("preset paper") < text.index("preset third") < text.index("preset quick")
+    # the task's plot shows its first group: it sits under that group and nowhere else
+    assert text.count("(lunarlander.png)") == 1
+    assert text.index("preset paper") < text.index("(lunarlander.png)") < text.index(
+        "preset third")
+    page = render_html(small + big, results_dir=None, plots={"lunarlander": "lunarlander.png"})
+    assert page.count('src="lunarlander.png"') == 1
+    assert page.index('data-preset="paper"') < page.index('src="lunarlander.png"') < page.index(
+        'data-preset="third"')
 
 
 def _recon_group(records):
