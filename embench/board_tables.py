@@ -90,6 +90,7 @@ def group_records(records: list[RunRecord]) -> list[Group]:
         cell = (record.encoder, record.z_dim, record.seed)
         key = (record.task, record.protocol_id, device_kind(record.device), record.precision)
         groups[key][cell].append(record)
+
     def order(item: tuple[tuple[str, str, str, str], dict]) -> tuple:
         (task, proto, device, precision), cells = item
         first = next(iter(cells.values()))[0]
